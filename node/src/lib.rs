@@ -1,0 +1,9 @@
+//! aspen-node: a replicated key-value store member.
+//!
+//! An openraft node whose log and state machine live in one redb file
+//! (`storage`), serving clients, the operator and its peers over HTTP.
+
+pub mod api;
+pub mod limits;
+pub mod storage;
+pub mod types;

@@ -1,0 +1,360 @@
+//! The Raft log and vote in redb.
+//!
+//! Each write is one transaction; `append` is one durable commit for the whole
+//! batch it is given (group commit: openraft hands every proposal that queued
+//! up during the previous fsync to a single `append`).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::schema::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_LOG_BYTES, KEY_VOTE, LOG, RAFT_META};
+use super::{RedbStore, blocking};
+use crate::storage::{StoreError, codec};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The log half of a redb store, handed to openraft.
+#[derive(Debug, Clone)]
+pub struct RedbLogStore {
+    store: RedbStore,
+}
+
+impl RedbLogStore {
+    pub(super) fn new(store: RedbStore) -> Self {
+        RedbLogStore { store }
+    }
+}
+
+fn to_raft(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl Fn(StoreError) -> StorageError {
+    move |e| StorageIOError::new(subject.clone(), verb, AnyError::new(&e)).into()
+}
+
+fn logs_read() -> impl Fn(StoreError) -> StorageError {
+    to_raft(ErrorSubject::Logs, ErrorVerb::Read)
+}
+
+fn logs_write() -> impl Fn(StoreError) -> StorageError {
+    to_raft(ErrorSubject::Logs, ErrorVerb::Write)
+}
+
+fn read_meta_log_id(
+    store: &RedbStore,
+    txn: &ReadTransaction,
+    key: &'static str,
+) -> Result<Option<LogId>, StoreError> {
+    let table = txn
+        .open_table(RAFT_META)
+        .map_err(|e| store.error("open raft_meta", e))?;
+    let value = table
+        .get(key)
+        .map_err(|e| store.error("read raft_meta", e))?;
+    value
+        .map(|v| codec::decode_log_id(key, v.value()))
+        .transpose()
+        .map_err(|e| store.codec_error(e))
+}
+
+fn read_log_bytes(store: &RedbStore, txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let table = txn
+        .open_table(RAFT_META)
+        .map_err(|e| store.error("open raft_meta", e))?;
+    let value = table
+        .get(KEY_LOG_BYTES)
+        .map_err(|e| store.error("read raft_meta", e))?;
+    value
+        .map(|v| codec::decode_u64(KEY_LOG_BYTES, v.value()))
+        .transpose()
+        .map_err(|e| store.codec_error(e))
+        .map(Option::unwrap_or_default)
+}
+
+fn write_meta(
+    store: &RedbStore,
+    txn: &WriteTransaction,
+    key: &'static str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let mut table = txn
+        .open_table(RAFT_META)
+        .map_err(|e| store.error("open raft_meta", e))?;
+    table
+        .insert(key, value)
+        .map_err(|e| store.error("write raft_meta", e))?;
+    Ok(())
+}
+
+fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {
+    bound.cloned()
+}
+
+impl RedbStore {
+    fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn
+            .open_table(LOG)
+            .map_err(|e| self.error("open raft_log", e))?;
+        let mut entries = Vec::new();
+        for item in table
+            .range::<u64>(range)
+            .map_err(|e| self.error("read raft_log", e))?
+        {
+            let (index, bytes) = item.map_err(|e| self.error("read raft_log", e))?;
+            let entry = codec::decode_entry(bytes.value()).map_err(|e| self.codec_error(e))?;
+            assert_eq!(
+                entry.log_id.index,
+                index.value(),
+                "log entry stored under the wrong index"
+            );
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// Inserts `entries` and commits durably, in one transaction.
+    pub(super) fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        let mut log_bytes = read_log_bytes(self, &txn)?;
+        {
+            let mut table = txn
+                .open_table(LOG)
+                .map_err(|e| self.error("open raft_log", e))?;
+            for entry in entries {
+                let bytes = codec::encode_entry(entry);
+                let replaced = table
+                    .insert(entry.log_id.index, bytes.as_slice())
+                    .map_err(|e| self.error("append to raft_log", e))?;
+                if let Some(old) = replaced {
+                    log_bytes -= old.value().len() as u64;
+                }
+                log_bytes += bytes.len() as u64;
+            }
+        }
+        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        self.commit(txn, true)?;
+        self.set_log_bytes(log_bytes);
+        Ok(())
+    }
+
+    /// Removes entries from `index` onward.
+    fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        let log_bytes = read_log_bytes(self, &txn)? - self.remove_entries(&txn, index..)?;
+        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        self.commit(txn, true)?;
+        self.set_log_bytes(log_bytes);
+        Ok(())
+    }
+
+    /// Removes entries up to and including `log_id` and records it as the
+    /// purge marker, in one durable commit.
+    fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        let last_purged = {
+            let table = txn
+                .open_table(RAFT_META)
+                .map_err(|e| self.error("open raft_meta", e))?;
+            let value = table
+                .get(KEY_LAST_PURGED)
+                .map_err(|e| self.error("read raft_meta", e))?;
+            value
+                .map(|v| codec::decode_log_id(KEY_LAST_PURGED, v.value()))
+                .transpose()
+                .map_err(|e| self.codec_error(e))?
+        };
+        assert!(
+            last_purged <= Some(log_id),
+            "purge must not move backwards: {last_purged:?} -> {log_id}"
+        );
+        let log_bytes = read_log_bytes(self, &txn)? - self.remove_entries(&txn, ..=log_id.index)?;
+        write_meta(self, &txn, KEY_LAST_PURGED, &codec::encode_log_id(&log_id))?;
+        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        self.commit(txn, true)?;
+        self.set_log_bytes(log_bytes);
+        Ok(())
+    }
+
+    /// Removes the entries in `range`; returns how many bytes they held.
+    fn remove_entries(
+        &self,
+        txn: &WriteTransaction,
+        range: impl RangeBounds<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut table = txn
+            .open_table(LOG)
+            .map_err(|e| self.error("open raft_log", e))?;
+        let mut removed = 0u64;
+        for item in table
+            .extract_from_if(range, |_, _| true)
+            .map_err(|e| self.error("remove from raft_log", e))?
+        {
+            let (_, value) = item.map_err(|e| self.error("remove from raft_log", e))?;
+            removed += value.value().len() as u64;
+        }
+        Ok(removed)
+    }
+
+    fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
+        let txn = self.begin_read()?;
+        let last_purged = read_meta_log_id(self, &txn, KEY_LAST_PURGED)?;
+        let table = txn
+            .open_table(LOG)
+            .map_err(|e| self.error("open raft_log", e))?;
+        let last = table.last().map_err(|e| self.error("read raft_log", e))?;
+        let last = last
+            .map(|(_, bytes)| codec::decode_entry(bytes.value()))
+            .transpose()
+            .map_err(|e| self.codec_error(e))?
+            .map(|entry| entry.log_id);
+        Ok((last_purged, last.or(last_purged)))
+    }
+
+    /// Writes one Raft metadata record; `durable` commits with an fsync.
+    fn put_raft_meta(
+        &self,
+        key: &'static str,
+        value: Option<Vec<u8>>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_write(durable)?;
+        {
+            let mut table = txn
+                .open_table(RAFT_META)
+                .map_err(|e| self.error("open raft_meta", e))?;
+            match value {
+                Some(value) => {
+                    table
+                        .insert(key, value.as_slice())
+                        .map_err(|e| self.error("write raft_meta", e))?;
+                }
+                None => {
+                    table
+                        .remove(key)
+                        .map_err(|e| self.error("write raft_meta", e))?;
+                }
+            }
+        }
+        self.commit(txn, durable)
+    }
+
+    pub(super) fn read_raft_log_id(&self, key: &'static str) -> Result<Option<LogId>, StoreError> {
+        let txn = self.begin_read()?;
+        read_meta_log_id(self, &txn, key)
+    }
+
+    pub(super) fn read_vote(&self) -> Result<Option<Vote>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn
+            .open_table(RAFT_META)
+            .map_err(|e| self.error("open raft_meta", e))?;
+        let value = table
+            .get(KEY_VOTE)
+            .map_err(|e| self.error("read raft_meta", e))?;
+        value
+            .map(|v| codec::decode_vote(v.value()))
+            .transpose()
+            .map_err(|e| self.codec_error(e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RedbLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let range = (
+            clone_bound(range.start_bound()),
+            clone_bound(range.end_bound()),
+        );
+        self.store.read_entries(range).map_err(logs_read())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RedbLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let (last_purged_log_id, last_log_id) = self.store.log_state().map_err(logs_read())?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = codec::encode_vote(vote);
+        blocking(&self.store, move |s| {
+            s.put_raft_meta(KEY_VOTE, Some(bytes), true)
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.store
+            .read_vote()
+            .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = committed.as_ref().map(codec::encode_log_id);
+        // Not fsynced: losing it in a crash only means re-applying less at start.
+        blocking(&self.store, move |s| {
+            s.put_raft_meta(KEY_COMMITTED, bytes, false)
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.store
+            .read_raft_log_id(KEY_COMMITTED)
+            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        let result = blocking(&self.store, move |s| s.append_entries(&entries)).await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the Raft log failed");
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(logs_write()(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        blocking(&self.store, move |s| s.truncate_from(log_id.index))
+            .await
+            .map_err(logs_write())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        blocking(&self.store, move |s| s.purge_upto(log_id))
+            .await
+            .map_err(logs_write())
+    }
+}

@@ -1,0 +1,371 @@
+//! The redb store: a node's whole Raft state in one redb file.
+//!
+//! Layout of the data directory:
+//!
+//! ```text
+//! aspen.redb              the database (log, Raft metadata, state machine)
+//! snapshots/snap-*.bin    the current snapshot, in the `snapshot` stream format
+//! snapshots/*.part        a snapshot being built or received (removed at open)
+//! ```
+//!
+//! Tables (see `schema`): `aspen_meta` (schema version), `raft_log`,
+//! `raft_meta` (vote, committed, last purged, log bytes), `sm_data`,
+//! `sm_meta` (last applied, last membership, data bytes) and `snapshot_meta`.
+//!
+//! Transactions: one `append` call is one durable commit, however many entries
+//! it carries; one applied batch is one commit of its entries together with the
+//! new `last_applied`; a purge removes entries and moves the purge marker in
+//! one commit; a snapshot install replaces the data, the applied state and the
+//! snapshot record in one commit. Applied batches and `committed` are committed
+//! without an fsync: the log is durable, openraft re-applies committed entries
+//! after a restart, and every later durable commit (the next append, a purge,
+//! a snapshot) makes them durable too, in order.
+
+mod backend;
+mod log;
+mod schema;
+mod state_machine;
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::redb::{Database, DatabaseError, Durability, ReadableDatabase, WriteTransaction};
+
+pub use self::log::RedbLogStore;
+pub use self::state_machine::{RedbSnapshotBuilder, RedbStateMachine};
+use super::{AppliedState, KvReader, StorageUsage, StoreError, codec, scan_start};
+use crate::limits::MIN_DB_BYTES;
+use crate::types::Versioned;
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE_NAME: &str = "aspen.redb";
+/// Name of the snapshot directory inside the data directory.
+pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    file: PathBuf,
+    snapshot_dir: PathBuf,
+    max_bytes: u64,
+    file_len: Arc<AtomicU64>,
+    durable_commits: AtomicU64,
+    log_bytes: AtomicU64,
+    data_bytes: AtomicU64,
+    snapshot_seq: AtomicU64,
+}
+
+/// An open redb data directory. Clones share the database; the file is
+/// released when the last clone (including the log store, state machine and
+/// snapshot builders made from it) is dropped, or by `close`.
+#[derive(Debug, Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the data directory `dir`, verifying the database file
+    /// and its schema. A damaged, foreign or newer file is refused with an
+    /// error naming it; nothing is re-initialised.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        if max_bytes < MIN_DB_BYTES {
+            return Err(StoreError::Config(format!(
+                "the database size limit is {max_bytes} bytes; it must be at least {MIN_DB_BYTES}"
+            )));
+        }
+        let io_err = |path: &Path, op: &'static str| {
+            let path = path.to_path_buf();
+            move |source: io::Error| StoreError::Io { path, op, source }
+        };
+        let snapshot_dir = dir.join(SNAPSHOT_DIR_NAME);
+        fs::create_dir_all(&snapshot_dir).map_err(io_err(&snapshot_dir, "create directory"))?;
+        let path = dir.join(DB_FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let existing = file.metadata().map_err(io_err(&path, "stat"))?.len() > 0;
+        let file_len = Arc::new(AtomicU64::new(0));
+        let backend = backend::CappedFileBackend::new(file, max_bytes, file_len.clone())
+            .map_err(io_err(&path, "open"))?;
+
+        // A damaged file can make redb panic rather than return an error; the
+        // node must stop with a message naming the file either way.
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
+            Database::builder()
+                .set_check_integrity_on_open(existing)
+                .create_with_backend(backend)
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(&path, e)),
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "redb panicked while opening it".to_owned());
+                return Err(StoreError::Corrupt { path, detail });
+            }
+        };
+
+        let counters = schema::check_or_init(&db, &path)?;
+        let store = RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                file: path,
+                snapshot_dir,
+                max_bytes,
+                file_len,
+                durable_commits: AtomicU64::new(0),
+                log_bytes: AtomicU64::new(counters.log_bytes),
+                data_bytes: AtomicU64::new(counters.data_bytes),
+                snapshot_seq: AtomicU64::new(0),
+            }),
+        };
+        store.remove_stale_snapshot_files()?;
+        Ok(store)
+    }
+
+    /// The log store and state machine to hand to openraft.
+    pub fn raft_storage(&self) -> (RedbLogStore, RedbStateMachine) {
+        (
+            RedbLogStore::new(self.clone()),
+            RedbStateMachine::new(self.clone()),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.file
+    }
+
+    /// Closes the database and releases the file, reporting any error redb
+    /// meets while doing so. Fails if other handles to the store are alive.
+    pub fn close(self) -> Result<(), StoreError> {
+        let path = self.inner.file.clone();
+        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
+            StoreError::Config(format!(
+                "{}: cannot close while the Raft log, state machine or a reader still holds it",
+                path.display()
+            ))
+        })?;
+        inner.db.close().map_err(|e| open_error(&path, e))
+    }
+
+    fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub(super) fn snapshot_dir(&self) -> &Path {
+        &self.inner.snapshot_dir
+    }
+
+    pub(super) fn next_snapshot_seq(&self) -> u64 {
+        self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Maps any redb error to a `StoreError` naming the file and the
+    /// operation; a refused file extension becomes `StoreError::Full`.
+    pub(super) fn error(&self, op: &'static str, e: impl Into<::redb::Error>) -> StoreError {
+        let e = e.into();
+        match &e {
+            ::redb::Error::Io(io) if backend::is_storage_full(io) => StoreError::Full {
+                path: self.inner.file.clone(),
+                file_bytes: self.inner.file_len.load(Ordering::Relaxed),
+                max_bytes: self.inner.max_bytes,
+            },
+            ::redb::Error::Corrupted(detail) => StoreError::Corrupt {
+                path: self.inner.file.clone(),
+                detail: detail.clone(),
+            },
+            _ => StoreError::Redb {
+                path: self.inner.file.clone(),
+                op,
+                source: e,
+            },
+        }
+    }
+
+    pub(super) fn codec_error(&self, source: codec::CodecError) -> StoreError {
+        StoreError::Codec {
+            path: self.inner.file.clone(),
+            source,
+        }
+    }
+
+    pub(super) fn io_error(&self, path: &Path, op: &'static str, source: io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    pub(super) fn begin_write(&self, durable: bool) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.error("begin write", e))?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| StoreError::Config(format!("cannot relax durability: {e}")))?;
+        }
+        Ok(txn)
+    }
+
+    /// Commits `txn`; `durable` says whether it was begun with an fsync.
+    pub(super) fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        txn.commit().map_err(|e| self.error("commit", e))?;
+        if durable {
+            self.inner.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn begin_read(&self) -> Result<::redb::ReadTransaction, StoreError> {
+        self.db()
+            .begin_read()
+            .map_err(|e| self.error("begin read", e))
+    }
+
+    pub(super) fn set_log_bytes(&self, bytes: u64) {
+        self.inner.log_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_data_bytes(&self, bytes: u64) {
+        self.inner.data_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Removes snapshot files no committed record points to: leftovers of a
+    /// build or transfer interrupted by a crash.
+    fn remove_stale_snapshot_files(&self) -> Result<(), StoreError> {
+        let current = state_machine::current_snapshot_file(self)?;
+        let dir = self.snapshot_dir();
+        let entries = fs::read_dir(dir).map_err(|e| self.io_error(dir, "list", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error(dir, "list", e))?;
+            let name = entry.file_name();
+            if Some(name.to_string_lossy().as_ref()) != current.as_deref() {
+                let path = entry.path();
+                tracing::info!(path = %path.display(), "removing stale snapshot file");
+                fs::remove_file(&path).map_err(|e| self.io_error(&path, "remove", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    let path = path.to_path_buf();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path },
+        DatabaseError::Storage(::redb::StorageError::Corrupted(detail)) => {
+            StoreError::Corrupt { path, detail }
+        }
+        DatabaseError::Storage(::redb::StorageError::Io(io))
+            if io.kind() == io::ErrorKind::InvalidData
+                || io.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::Corrupt {
+                path,
+                detail: io.to_string(),
+            }
+        }
+        DatabaseError::UpgradeRequired(version) => StoreError::Foreign {
+            path,
+            detail: format!("redb file format {version} is not supported by this build"),
+        },
+        other => StoreError::Redb {
+            path,
+            op: "open",
+            source: other.into(),
+        },
+    }
+}
+
+impl KvReader for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn
+            .open_table(schema::SM_DATA)
+            .map_err(|e| self.error("open sm_data", e))?;
+        let Some(record) = table.get(key).map_err(|e| self.error("read sm_data", e))? else {
+            return Ok(None);
+        };
+        codec::decode_value(record.value())
+            .map(Some)
+            .map_err(|e| self.codec_error(e))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn
+            .open_table(schema::SM_DATA)
+            .map_err(|e| self.error("open sm_data", e))?;
+        let start = scan_start(prefix, start_after);
+        let mut out = Vec::new();
+        for item in table
+            .range::<&str>(start..)
+            .map_err(|e| self.error("scan sm_data", e))?
+        {
+            let (key, record) = item.map_err(|e| self.error("scan sm_data", e))?;
+            let key = key.value();
+            if Some(key) == start_after {
+                continue;
+            }
+            if !key.starts_with(prefix) || out.len() >= limit as usize {
+                break;
+            }
+            let value = codec::decode_value(record.value()).map_err(|e| self.codec_error(e))?;
+            out.push((key.to_owned(), value));
+        }
+        Ok(out)
+    }
+
+    fn applied_state(&self) -> Result<AppliedState, StoreError> {
+        let txn = self.begin_read()?;
+        let (last_applied, membership) = state_machine::read_applied(self, &txn)?;
+        Ok(AppliedState {
+            last_applied,
+            membership,
+        })
+    }
+
+    fn usage(&self) -> StorageUsage {
+        StorageUsage {
+            file_bytes: self.inner.file_len.load(Ordering::Relaxed),
+            max_bytes: self.inner.max_bytes,
+            live_bytes: self.inner.log_bytes.load(Ordering::Relaxed)
+                + self.inner.data_bytes.load(Ordering::Relaxed),
+            durable_commits: self.inner.durable_commits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs blocking database work off the async executor, keeping the store
+/// alive for exactly as long as the work runs.
+pub(super) async fn blocking<T, F>(store: &RedbStore, work: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&RedbStore) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .unwrap_or_else(|join| {
+            // The closure panicked: an invariant of the store broke. Propagate.
+            panic::resume_unwind(join.into_panic())
+        })
+}
