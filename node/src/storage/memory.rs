@@ -375,6 +375,7 @@ impl KvReader for MemReader {
             .sum();
         StorageUsage {
             file_bytes: 0,
+            disk_bytes: 0,
             max_bytes: u64::MAX,
             live_bytes,
             durable_commits: 0,

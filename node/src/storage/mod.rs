@@ -50,9 +50,12 @@ impl StorageBackend {
 /// How much space the store uses and may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StorageUsage {
-    /// Length of the database file (0 in memory).
+    /// Length of the database file (0 in memory). The file grows sparsely,
+    /// so this may exceed `disk_bytes` and even `max_bytes`.
     pub file_bytes: u64,
-    /// The file may not grow past this.
+    /// Space the database file occupies on disk.
+    pub disk_bytes: u64,
+    /// The database may not write past this offset of its file.
     pub max_bytes: u64,
     /// Bytes of log entries, keys and values currently stored, before the
     /// database's own page overhead.
@@ -91,13 +94,13 @@ pub enum StoreError {
         supported: u32,
     },
     #[error(
-        "{path}: storage full: the database file is {file_bytes} bytes and may not grow past {max_bytes}; delete keys or raise the size limit"
+        "{path}: storage full: the database reached its limit of {max_bytes} bytes; delete keys or raise the limit, then reopen the store (restart the node)"
     )]
-    Full {
-        path: PathBuf,
-        file_bytes: u64,
-        max_bytes: u64,
-    },
+    Full { path: PathBuf, max_bytes: u64 },
+    #[error(
+        "{path}: an earlier I/O error stopped the database; reopen the store (restart the node)"
+    )]
+    Stopped { path: PathBuf },
     #[error("{path}: {op} failed: {source}")]
     Redb {
         path: PathBuf,
@@ -123,6 +126,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store refused a write at its size limit, now or earlier.
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full { .. })
     }

@@ -1,11 +1,14 @@
 //! The file backend that enforces the database size limit.
 //!
-//! redb has no size limit of its own, and grows its file as it needs pages. This
-//! backend wraps redb's file backend and refuses to extend the file past
-//! `max_bytes`: the write transaction that needed the space fails with an I/O
-//! error of kind `StorageFull` before it commits, and nothing else changes, so
-//! reads and writes that fit in the file's free pages keep working. It also
-//! keeps the file length in an atomic, so reading the usage costs nothing.
+//! redb has no size limit of its own. It grows its file in large steps
+//! (doubling up to 4 GiB, then 4 GiB at a time) but fills it from the lowest
+//! free page up, so the extension stays sparse until pages are written there.
+//! Capping the file *length* would therefore waste up to half of the limit;
+//! this backend instead refuses any *write* that would end past `max_bytes`,
+//! which bounds the space the file can occupy on disk exactly. The refused
+//! write fails the transaction that needed the space before it commits; redb
+//! then refuses further writes until the database is reopened (its rule after
+//! any I/O error), and reopening recovers the last commit.
 
 use std::fs::File;
 use std::io;
@@ -51,16 +54,6 @@ impl StorageBackend for CappedFileBackend {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let current = self.len.load(Ordering::Relaxed);
-        if len > current && len > self.max_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "database file may not grow from {current} to {len} bytes: the limit is {} bytes",
-                    self.max_bytes
-                ),
-            ));
-        }
         self.inner.set_len(len)?;
         self.len.store(len, Ordering::Relaxed);
         Ok(())
@@ -71,6 +64,16 @@ impl StorageBackend for CappedFileBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "database write ending at byte {end} refused: the limit is {} bytes",
+                    self.max_bytes
+                ),
+            ));
+        }
         self.inner.write(offset, data)
     }
 

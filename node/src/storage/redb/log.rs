@@ -113,8 +113,9 @@ impl RedbStore {
         Ok(entries)
     }
 
-    /// Inserts `entries` and commits durably, in one transaction.
-    pub(super) fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+    /// Inserts `entries` and commits durably, in one transaction: the
+    /// operation behind `RaftLogStorage::append`.
+    pub fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
         let mut log_bytes = read_log_bytes(self, &txn)?;
         {

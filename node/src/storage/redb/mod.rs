@@ -31,7 +31,8 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ::redb::{Database, DatabaseError, Durability, ReadableDatabase, WriteTransaction};
 
@@ -53,6 +54,11 @@ struct Inner {
     snapshot_dir: PathBuf,
     max_bytes: u64,
     file_len: Arc<AtomicU64>,
+    /// A second handle on the database file, to read its disk usage.
+    stat_file: fs::File,
+    /// Set once a write was refused at the size limit: redb then refuses
+    /// every write until the database is reopened.
+    full: AtomicBool,
     durable_commits: AtomicU64,
     log_bytes: AtomicU64,
     data_bytes: AtomicU64,
@@ -92,6 +98,7 @@ impl RedbStore {
             .open(&path)
             .map_err(io_err(&path, "open"))?;
         let existing = file.metadata().map_err(io_err(&path, "stat"))?.len() > 0;
+        let stat_file = file.try_clone().map_err(io_err(&path, "open"))?;
         let file_len = Arc::new(AtomicU64::new(0));
         let backend = backend::CappedFileBackend::new(file, max_bytes, file_len.clone())
             .map_err(io_err(&path, "open"))?;
@@ -124,6 +131,8 @@ impl RedbStore {
                 snapshot_dir,
                 max_bytes,
                 file_len,
+                stat_file,
+                full: AtomicBool::new(false),
                 durable_commits: AtomicU64::new(0),
                 log_bytes: AtomicU64::new(counters.log_bytes),
                 data_bytes: AtomicU64::new(counters.data_bytes),
@@ -148,6 +157,8 @@ impl RedbStore {
 
     /// Closes the database and releases the file, reporting any error redb
     /// meets while doing so. Fails if other handles to the store are alive.
+    /// A store stopped at its size limit closes cleanly: its last commit is
+    /// intact, which is what reopening recovers.
     pub fn close(self) -> Result<(), StoreError> {
         let path = self.inner.file.clone();
         let inner = Arc::try_unwrap(self.inner).map_err(|_| {
@@ -156,7 +167,12 @@ impl RedbStore {
                 path.display()
             ))
         })?;
-        inner.db.close().map_err(|e| open_error(&path, e))
+        let full = inner.full.load(Ordering::Relaxed);
+        match inner.db.close() {
+            Ok(()) => Ok(()),
+            Err(DatabaseError::Storage(::redb::StorageError::PreviousIo)) if full => Ok(()),
+            Err(e) => Err(open_error(&path, e)),
+        }
     }
 
     fn db(&self) -> &Database {
@@ -172,14 +188,23 @@ impl RedbStore {
     }
 
     /// Maps any redb error to a `StoreError` naming the file and the
-    /// operation; a refused file extension becomes `StoreError::Full`.
+    /// operation; a write refused at the size limit becomes `StoreError::Full`,
+    /// now and for every write after it until the store is reopened.
     pub(super) fn error(&self, op: &'static str, e: impl Into<::redb::Error>) -> StoreError {
         let e = e.into();
+        let full = || StoreError::Full {
+            path: self.inner.file.clone(),
+            max_bytes: self.inner.max_bytes,
+        };
         match &e {
-            ::redb::Error::Io(io) if backend::is_storage_full(io) => StoreError::Full {
+            ::redb::Error::Io(io) if backend::is_storage_full(io) => {
+                self.inner.full.store(true, Ordering::Relaxed);
+                tracing::error!(path = %self.inner.file.display(), max_bytes = self.inner.max_bytes, "storage full");
+                full()
+            }
+            ::redb::Error::PreviousIo if self.inner.full.load(Ordering::Relaxed) => full(),
+            ::redb::Error::PreviousIo => StoreError::Stopped {
                 path: self.inner.file.clone(),
-                file_bytes: self.inner.file_len.load(Ordering::Relaxed),
-                max_bytes: self.inner.max_bytes,
             },
             ::redb::Error::Corrupted(detail) => StoreError::Corrupt {
                 path: self.inner.file.clone(),
@@ -344,8 +369,15 @@ impl KvReader for RedbStore {
     }
 
     fn usage(&self) -> StorageUsage {
+        // st_blocks counts 512-byte units whatever the filesystem's block size.
+        let disk_bytes = self
+            .inner
+            .stat_file
+            .metadata()
+            .map_or(0, |m| m.blocks().saturating_mul(512));
         StorageUsage {
             file_bytes: self.inner.file_len.load(Ordering::Relaxed),
+            disk_bytes,
             max_bytes: self.inner.max_bytes,
             live_bytes: self.inner.log_bytes.load(Ordering::Relaxed)
                 + self.inner.data_bytes.load(Ordering::Relaxed),

@@ -227,7 +227,9 @@ enum Source {
 }
 
 impl RedbStore {
-    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StoreError> {
+    /// Applies `entries` in one transaction: the operation behind
+    /// `RaftStateMachine::apply`. On error nothing of the batch is applied.
+    pub fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StoreError> {
         let txn = self.begin_write(false)?;
         let mut responses = Vec::with_capacity(entries.len());
         let mut last_applied = None;
