@@ -74,7 +74,6 @@ impl Stores {
             }
         }
     }
-
 }
 
 fn append(c: &mut Criterion) {

@@ -17,6 +17,9 @@ pub struct ErrorBody {
     /// The current leader's client address, when known and relevant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// With `cas_failed`: what the key holds (absent: no value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<KeyValue>,
 }
 
 /// Stable error codes. Each maps to one HTTP status (see `status`).
@@ -263,6 +266,14 @@ pub struct TransferLeaderRequest {
     pub to: Option<NodeId>,
 }
 
+/// Internal to leadership transfer: stop starting elections for `pause_ms`
+/// (0 resumes them now). A pause always ends on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseElectionsRequest {
+    pub pause_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferLeaderResponse {
     pub leader: NodeId,
@@ -316,8 +327,13 @@ pub struct MemberProgress {
 pub struct StorageStatus {
     /// `redb` or `memory`.
     pub backend: String,
+    /// Length of the database file; it grows sparsely, see `disk_bytes`.
     pub file_bytes: u64,
+    /// Disk space the database occupies.
+    pub disk_bytes: u64,
+    /// Disk space the database may occupy.
     pub max_bytes: u64,
+    /// Bytes of log entries, keys and values stored.
     pub live_bytes: u64,
 }
 
@@ -332,6 +348,7 @@ pub struct NodeStatus {
     /// The leader's client address, when known.
     pub leader_addr: Option<String>,
     pub last_log_index: Option<u64>,
+    /// Highest index this node knows to be committed.
     pub committed_index: Option<u64>,
     pub last_applied_index: Option<u64>,
     pub membership: MembershipView,
@@ -408,6 +425,7 @@ mod tests {
             code: ErrorCode::StorageFull,
             message: "full".into(),
             leader: None,
+            current: None,
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),

@@ -4,6 +4,12 @@
 //! (`storage`), serving clients, the operator and its peers over HTTP.
 
 pub mod api;
+pub mod client;
+pub mod config;
+pub mod ctl;
 pub mod limits;
+pub mod network;
+pub mod node;
+pub mod server;
 pub mod storage;
 pub mod types;

@@ -22,6 +22,11 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// Items a scan returns when the request names no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 100;
+/// A scan stops adding items once its answer holds this many bytes of keys
+/// and values (it always returns at least one), and offers a cursor.
+pub const MAX_SCAN_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest answer a node reads back when it forwards a request to the leader.
+pub const MAX_FORWARDED_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Size of one snapshot chunk sent to a peer.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Most log entries in one replication request.
@@ -30,6 +35,12 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
 pub const MAX_PEER_BODY_BYTES: usize = 128 * 1024 * 1024;
 /// Smallest database size limit a node accepts.
 pub const MIN_DB_BYTES: u64 = 1024 * 1024;
+/// Live data (log entries, keys and values) may fill this percentage of the
+/// database size limit; past it, writes that add data are refused as
+/// `storage_full`. The rest is room for redb's page overhead (measured at
+/// about 1.4 times the live bytes under random writes), copy-on-write pages
+/// and entries still in flight, so the hard limit is not reached in service.
+pub const LIVE_DATA_PERCENT_OF_LIMIT: u64 = 50;
 /// Default database size limit.
 pub const DEFAULT_MAX_DB_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 

@@ -38,6 +38,11 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeAddr>;
 
+/// Whether `id` is a voter of `membership` (in either half of a joint config).
+pub fn is_voter(membership: &Membership, id: NodeId) -> bool {
+    membership.voter_ids().any(|voter| voter == id)
+}
+
 /// Where a member can be reached: the peer address carries Raft RPC, the client
 /// address carries the KV and admin APIs. Both are `host:port`; in Kubernetes the
 /// host is the pod's DNS name on the headless Service, never an IP.

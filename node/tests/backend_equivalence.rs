@@ -90,10 +90,18 @@ fn run(commands: Vec<Command>, batch: usize) {
             mem_reader.scan("", None, 100).unwrap(),
             store.scan("", None, 100).unwrap()
         );
-        assert_eq!(mem_reader.applied_state().unwrap(), store.applied_state().unwrap());
+        assert_eq!(
+            mem_reader.applied_state().unwrap(),
+            store.applied_state().unwrap()
+        );
 
         // A redb snapshot installs on the in-memory store and vice versa.
-        let from_redb = redb.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let from_redb = redb
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         let (_, mut other_mem) = memory::new_store();
         other_mem
             .install_snapshot(&from_redb.meta, from_redb.snapshot)
@@ -103,7 +111,12 @@ fn run(commands: Vec<Command>, batch: usize) {
             other_mem.reader().scan("", None, 100).unwrap(),
             store.scan("", None, 100).unwrap()
         );
-        let from_mem = mem.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let from_mem = mem
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         let dir2 = TempDir::new().unwrap();
         let other = RedbStore::open(dir2.path(), 64 << 20).unwrap();
         let (_, mut other_redb) = other.raft_storage();

@@ -38,7 +38,12 @@ async fn everything_survives_close_and_reopen() {
     log.blocking_append(entries.clone()).await.unwrap();
     log.save_committed(Some(log_id(1, 8))).await.unwrap();
     sm.apply(entries[..8].to_vec()).await.unwrap();
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     log.purge(log_id(1, 5)).await.unwrap();
     let usage = store.usage();
     drop((log, sm));
@@ -51,7 +56,10 @@ async fn everything_survives_close_and_reopen() {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
     assert_eq!(state.last_log_id, Some(log_id(1, 10)));
-    assert_eq!(log.try_get_log_entries(0..).await.unwrap(), entries[5..].to_vec());
+    assert_eq!(
+        log.try_get_log_entries(0..).await.unwrap(),
+        entries[5..].to_vec()
+    );
 
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 8)));
@@ -59,9 +67,16 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(membership.membership(), &common::membership(&[1, 2, 3]));
     assert_eq!(store.get("key-8").unwrap().unwrap().value, "value-8");
     assert_eq!(store.get("key-8").unwrap().unwrap().revision, 8);
-    assert!(store.get("key-9").unwrap().is_none(), "entry 9 was never applied");
+    assert!(
+        store.get("key-9").unwrap().is_none(),
+        "entry 9 was never applied"
+    );
 
-    let current = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
     assert_eq!(current.meta, snapshot.meta);
     let SnapshotData::File(mut file) = *current.snapshot else {
         panic!("redb snapshots are files");
@@ -152,10 +167,18 @@ fn appended_entries_survive_sigkill() {
         let (mut log, _) = store.raft_storage();
         log.try_get_log_entries(1..=acknowledged).await.unwrap()
     });
-    assert_eq!(txn_entries.len() as u64, acknowledged, "an acknowledged append was lost");
+    assert_eq!(
+        txn_entries.len() as u64,
+        acknowledged,
+        "an acknowledged append was lost"
+    );
     // Applied state may lag the log after a crash (applies are not fsynced), but
     // never runs ahead of it, and whatever is applied is consistent.
-    let applied = store.applied_state().unwrap().last_applied.map_or(0, |id| id.index);
+    let applied = store
+        .applied_state()
+        .unwrap()
+        .last_applied
+        .map_or(0, |id| id.index);
     assert!(applied <= acknowledged + 1);
     for index in 1..=applied {
         assert!(store.get(&format!("k{index:06}")).unwrap().is_some());
@@ -243,8 +266,11 @@ fn storage_full_refuses_writes_keeps_reads_and_recovers_after_deletes() {
         next += 1;
     }
     for _ in 0..(written / 4) {
-        replicate(&store, vec![put(1, next, &format!("again{next:04}"), &value)])
-            .unwrap_or_else(|e| panic!("write after deletes refused: {e}"));
+        replicate(
+            &store,
+            vec![put(1, next, &format!("again{next:04}"), &value)],
+        )
+        .unwrap_or_else(|e| panic!("write after deletes refused: {e}"));
         next += 1;
     }
     assert!(store.usage().disk_bytes <= MIN_DB_BYTES);
@@ -311,8 +337,11 @@ fn a_truncated_file_is_refused() {
 #[test]
 fn a_file_that_is_not_a_database_is_refused() {
     let dir = TempDir::new().unwrap();
-    fs::write(dir.path().join(DB_FILE_NAME), b"definitely not a redb file, just text\n".repeat(200))
-        .unwrap();
+    fs::write(
+        dir.path().join(DB_FILE_NAME),
+        b"definitely not a redb file, just text\n".repeat(200),
+    )
+    .unwrap();
     assert_refused(&dir, "a text file must not open");
 }
 
@@ -341,7 +370,8 @@ fn a_file_from_a_newer_schema_is_refused() {
         let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("aspen_meta");
+            let table: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("aspen_meta");
             txn.open_table(table)
                 .unwrap()
                 .insert("schema_version", 2u32.to_le_bytes().as_slice())
@@ -351,7 +381,14 @@ fn a_file_from_a_newer_schema_is_refused() {
     }
     let err = assert_refused(&dir, "a newer schema must not open");
     assert!(
-        matches!(err, StoreError::SchemaTooNew { found: 2, supported: 1, .. }),
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -387,7 +424,12 @@ async fn a_damaged_snapshot_leaves_the_state_untouched() {
         .apply([membership_entry(1, 1, &[1]), put(1, 2, "from-leader", "x")])
         .await
         .unwrap();
-    let snapshot = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = leader_sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let SnapshotData::File(mut file) = *snapshot.snapshot else {
         panic!("redb snapshots are files");
     };
@@ -419,7 +461,10 @@ async fn a_damaged_snapshot_leaves_the_state_untouched() {
     )
     .await
     .unwrap();
-    assert!(follower.get("local").unwrap().is_none(), "old state replaced");
+    assert!(
+        follower.get("local").unwrap().is_none(),
+        "old state replaced"
+    );
     assert_eq!(follower.get("from-leader").unwrap().unwrap().value, "x");
     assert_eq!(
         sm.applied_state().await.unwrap().0,
@@ -429,7 +474,11 @@ async fn a_damaged_snapshot_leaves_the_state_untouched() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(files.len(), 1, "exactly the installed snapshot remains: {files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "exactly the installed snapshot remains: {files:?}"
+    );
 }
 
 #[test]
@@ -458,7 +507,9 @@ async fn log_reader_sees_entries_as_soon_as_append_returns() {
     let store = open(&dir);
     let (mut log, _) = store.raft_storage();
     let mut reader = log.get_log_reader().await;
-    log.blocking_append((1..=5).map(|i| blank(1, i))).await.unwrap();
+    log.blocking_append((1..=5).map(|i| blank(1, i)))
+        .await
+        .unwrap();
     assert_eq!(reader.try_get_log_entries(1..=5).await.unwrap().len(), 5);
     assert!(reader.try_get_log_entry(6).await.unwrap().is_none());
     log.truncate(log_id(1, 3)).await.unwrap();

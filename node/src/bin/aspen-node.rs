@@ -1,1 +1,94 @@
-fn main() {}
+//! aspen-node: one member of an Aspen cluster.
+//!
+//! Serves the client API (KV, admin, health, metrics) and the peer API (Raft
+//! RPC) on two ports, keeps its state in a redb file in the data directory,
+//! and stops gracefully on SIGTERM or SIGINT: leadership is handed over,
+//! requests in flight finish, and the database is closed.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use aspen_node::config::{LogFormat, NodeConfig};
+use aspen_node::node::bootstrap_node;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// Run one member of an Aspen cluster.
+///
+/// Every flag can also be set through its environment variable. A new node
+/// starts empty and waits: the operator (or `aspenctl cluster init` and
+/// `cluster add-learner`) makes it a member.
+#[derive(Debug, Parser)]
+#[command(name = "aspen-node", version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    config: NodeConfig,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ASPEN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let node = bootstrap_node(config).await?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut metrics = node.raft().metrics();
+    // A fatal Raft error (a storage failure, say) ends the process so that it
+    // is restarted; a Raft stopped on purpose (after removal) does not.
+    let fatal = async {
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        reason = fatal => {
+            tracing::error!(%reason, "Raft stopped with a fatal error");
+            node.shutdown().await?;
+            anyhow::bail!("Raft stopped with a fatal error: {reason}");
+        }
+    }
+    node.shutdown().await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("aspen-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "aspen-node stopped");
+            eprintln!("aspen-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -140,25 +140,47 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 #[derive(Debug, Default)]
 struct SmInner {
     data: BTreeMap<String, Versioned>,
+    data_bytes: u64,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
 
-impl KvTable for BTreeMap<String, Versioned> {
+/// Bytes a key and its stored value record take, as the redb store counts them.
+fn record_bytes(key: &str, value: &Versioned) -> u64 {
+    key.len() as u64 + codec::value_record_len(&value.value)
+}
+
+/// The in-memory key space during one applied batch, keeping the byte count.
+struct MemKv<'a> {
+    data: &'a mut BTreeMap<String, Versioned>,
+    data_bytes: &'a mut u64,
+}
+
+impl KvTable for MemKv<'_> {
     type Error = Infallible;
 
     fn get(&self, key: &str) -> Result<Option<Versioned>, Infallible> {
-        Ok(BTreeMap::get(self, key).cloned())
+        Ok(self.data.get(key).cloned())
     }
 
     fn put(&mut self, key: &str, revision: u64, value: &str) -> Result<(), Infallible> {
-        let value = value.to_owned();
-        self.insert(key.to_owned(), Versioned { value, revision });
+        let value = Versioned {
+            value: value.to_owned(),
+            revision,
+        };
+        *self.data_bytes += record_bytes(key, &value);
+        if let Some(old) = self.data.insert(key.to_owned(), value) {
+            *self.data_bytes -= record_bytes(key, &old);
+        }
         Ok(())
     }
 
     fn delete(&mut self, key: &str) -> Result<bool, Infallible> {
-        Ok(self.remove(key).is_some())
+        let old = self.data.remove(key);
+        if let Some(old) = &old {
+            *self.data_bytes -= record_bytes(key, old);
+        }
+        Ok(old.is_some())
     }
 }
 
@@ -174,12 +196,15 @@ pub struct MemStateMachine {
     sm: Arc<RwLock<SmInner>>,
     snapshot: Arc<Mutex<Option<CurrentSnapshot>>>,
     snapshots_built: Arc<AtomicU64>,
+    snapshots_installed: Arc<AtomicU64>,
 }
 
 impl MemStateMachine {
     pub fn reader(&self) -> MemReader {
         MemReader {
             sm: self.sm.clone(),
+            snapshots_built: self.snapshots_built.clone(),
+            snapshots_installed: self.snapshots_installed.clone(),
         }
     }
 
@@ -250,7 +275,11 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Normal(command) => {
-                    let Ok(response) = apply_command(&mut sm.data, &command, entry.log_id.index);
+                    let SmInner {
+                        data, data_bytes, ..
+                    } = &mut *sm;
+                    let mut kv = MemKv { data, data_bytes };
+                    let Ok(response) = apply_command(&mut kv, &command, entry.log_id.index);
                     response
                 }
                 EntryPayload::Membership(membership) => {
@@ -288,15 +317,18 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
 
         // Decode everything first: a damaged snapshot leaves the state untouched.
         let mut data = BTreeMap::new();
+        let mut data_bytes = 0;
         let mut reader = SnapshotReader::new(bytes.as_slice()).map_err(read_err)?;
         while let Some((key, record)) = reader.next_record().map_err(read_err)? {
             let versioned = codec::decode_value(&record)
                 .map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
+            data_bytes += record_bytes(&key, &versioned);
             data.insert(key, versioned);
         }
         {
             let mut sm = self.write();
             sm.data = data;
+            sm.data_bytes = data_bytes;
             sm.last_applied = meta.last_log_id;
             sm.membership = meta.last_membership.clone();
         }
@@ -304,6 +336,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
             meta: meta.clone(),
             bytes: Arc::new(bytes),
         });
+        self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -320,6 +353,8 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
 #[derive(Debug, Clone)]
 pub struct MemReader {
     sm: Arc<RwLock<SmInner>>,
+    snapshots_built: Arc<AtomicU64>,
+    snapshots_installed: Arc<AtomicU64>,
 }
 
 impl KvReader for MemReader {
@@ -368,17 +403,14 @@ impl KvReader for MemReader {
             .sm
             .read()
             .expect("in-memory state machine lock poisoned");
-        let live_bytes = sm
-            .data
-            .iter()
-            .map(|(k, v)| k.len() as u64 + codec::value_record_len(&v.value))
-            .sum();
         StorageUsage {
             file_bytes: 0,
             disk_bytes: 0,
             max_bytes: u64::MAX,
-            live_bytes,
+            live_bytes: sm.data_bytes,
             durable_commits: 0,
+            snapshots_built: self.snapshots_built.load(Ordering::Relaxed),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::limits::DEFAULT_MAX_DB_BYTES;
+use crate::limits::{DEFAULT_MAX_DB_BYTES, LIVE_DATA_PERCENT_OF_LIMIT};
 use crate::types::{LogId, StoredMembership, Versioned};
 
 pub use self::memory::{MemLogStore, MemStateMachine};
@@ -62,6 +62,18 @@ pub struct StorageUsage {
     pub live_bytes: u64,
     /// Durable commits (fsyncs of the database file) since the store opened.
     pub durable_commits: u64,
+    /// Snapshots built since the store opened.
+    pub snapshots_built: u64,
+    /// Snapshots installed (received from a leader) since the store opened.
+    pub snapshots_installed: u64,
+}
+
+impl StorageUsage {
+    /// Whether a write adding `additional_bytes` of live data may be accepted.
+    pub fn admits(&self, additional_bytes: u64) -> bool {
+        let budget = self.max_bytes / 100 * LIVE_DATA_PERCENT_OF_LIMIT;
+        self.live_bytes.saturating_add(additional_bytes) <= budget
+    }
 }
 
 /// The state machine's applied position, as a reader sees it.
@@ -121,6 +133,16 @@ pub enum StoreError {
         #[source]
         source: codec::CodecError,
     },
+    #[error(
+        "{path}: this data belongs to node {found_node} of cluster {found_cluster:?}, not node {node} of cluster {cluster:?}; use the right data directory or wipe it"
+    )]
+    IdentityMismatch {
+        path: PathBuf,
+        node: u64,
+        cluster: String,
+        found_node: u64,
+        found_cluster: String,
+    },
     #[error("invalid storage configuration: {0}")]
     Config(String),
 }
@@ -130,6 +152,16 @@ impl StoreError {
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full { .. })
     }
+}
+
+/// Whom a data directory belongs to, recorded when a node first starts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: u64,
+    pub cluster_id: String,
+    /// Set once the node saw itself removed from the cluster: the log index of
+    /// the membership that no longer lists it. Such data never rejoins.
+    pub removed_at: Option<u64>,
 }
 
 /// Read access to the applied key space, independent of the Raft core.

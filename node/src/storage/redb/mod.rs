@@ -28,17 +28,19 @@ mod state_machine;
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use ::redb::{Database, DatabaseError, Durability, ReadableDatabase, WriteTransaction};
+use ::redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 
 pub use self::log::RedbLogStore;
 pub use self::state_machine::{RedbSnapshotBuilder, RedbStateMachine};
-use super::{AppliedState, KvReader, StorageUsage, StoreError, codec, scan_start};
+use super::{AppliedState, Identity, KvReader, StorageUsage, StoreError, codec, scan_start};
 use crate::limits::MIN_DB_BYTES;
 use crate::types::Versioned;
 
@@ -60,6 +62,8 @@ struct Inner {
     /// every write until the database is reopened.
     full: AtomicBool,
     durable_commits: AtomicU64,
+    snapshots_built: AtomicU64,
+    snapshots_installed: AtomicU64,
     log_bytes: AtomicU64,
     data_bytes: AtomicU64,
     snapshot_seq: AtomicU64,
@@ -134,6 +138,8 @@ impl RedbStore {
                 stat_file,
                 full: AtomicBool::new(false),
                 durable_commits: AtomicU64::new(0),
+                snapshots_built: AtomicU64::new(0),
+                snapshots_installed: AtomicU64::new(0),
                 log_bytes: AtomicU64::new(counters.log_bytes),
                 data_bytes: AtomicU64::new(counters.data_bytes),
                 snapshot_seq: AtomicU64::new(0),
@@ -161,18 +167,93 @@ impl RedbStore {
     /// intact, which is what reopening recovers.
     pub fn close(self) -> Result<(), StoreError> {
         let path = self.inner.file.clone();
-        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
-            StoreError::Config(format!(
+        self.try_close().unwrap_or_else(|_| {
+            Err(StoreError::Config(format!(
                 "{}: cannot close while the Raft log, state machine or a reader still holds it",
                 path.display()
-            ))
-        })?;
+            )))
+        })
+    }
+
+    /// Closes the database if this is the last handle; otherwise gives the
+    /// handle back.
+    pub fn try_close(self) -> Result<Result<(), StoreError>, RedbStore> {
+        let inner = Arc::try_unwrap(self.inner).map_err(|inner| RedbStore { inner })?;
         let full = inner.full.load(Ordering::Relaxed);
-        match inner.db.close() {
+        Ok(match inner.db.close() {
             Ok(()) => Ok(()),
             Err(DatabaseError::Storage(::redb::StorageError::PreviousIo)) if full => Ok(()),
-            Err(e) => Err(open_error(&path, e)),
+            Err(e) => Err(open_error(&inner.file, e)),
+        })
+    }
+
+    /// Records who this data belongs to on first use, and afterwards verifies
+    /// it: a data directory is never used by another node or cluster.
+    pub fn claim_identity(&self, node_id: u64, cluster_id: &str) -> Result<Identity, StoreError> {
+        let txn = self.begin_write(true)?;
+        let identity = {
+            let mut meta = txn
+                .open_table(schema::META)
+                .map_err(|e| self.error("open aspen_meta", e))?;
+            let read_u64 = |meta: &::redb::Table<&str, &[u8]>,
+                            key: &'static str|
+             -> Result<Option<u64>, StoreError> {
+                meta.get(key)
+                    .map_err(|e| self.error("read aspen_meta", e))?
+                    .map(|v| codec::decode_u64(key, v.value()))
+                    .transpose()
+                    .map_err(|e| self.codec_error(e))
+            };
+            let found_node = read_u64(&meta, schema::KEY_NODE_ID)?;
+            let removed_at = read_u64(&meta, schema::KEY_REMOVED_AT)?;
+            let found_cluster = meta
+                .get(schema::KEY_CLUSTER_ID)
+                .map_err(|e| self.error("read aspen_meta", e))?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match (found_node, found_cluster) {
+                (Some(found_node), Some(found_cluster)) => {
+                    if found_node != node_id || found_cluster != cluster_id {
+                        return Err(StoreError::IdentityMismatch {
+                            path: self.inner.file.clone(),
+                            node: node_id,
+                            cluster: cluster_id.to_owned(),
+                            found_node,
+                            found_cluster,
+                        });
+                    }
+                }
+                _ => {
+                    meta.insert(schema::KEY_NODE_ID, codec::encode_u64(node_id).as_slice())
+                        .map_err(|e| self.error("write aspen_meta", e))?;
+                    meta.insert(schema::KEY_CLUSTER_ID, cluster_id.as_bytes())
+                        .map_err(|e| self.error("write aspen_meta", e))?;
+                }
+            }
+            Identity {
+                node_id,
+                cluster_id: cluster_id.to_owned(),
+                removed_at,
+            }
+        };
+        self.commit(txn, true)?;
+        Ok(identity)
+    }
+
+    /// Records, durably, that this node was removed from its cluster by the
+    /// membership at `log_index`.
+    pub fn mark_removed(&self, log_index: u64) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        {
+            let mut meta = txn
+                .open_table(schema::META)
+                .map_err(|e| self.error("open aspen_meta", e))?;
+            meta.insert(
+                schema::KEY_REMOVED_AT,
+                codec::encode_u64(log_index).as_slice(),
+            )
+            .map_err(|e| self.error("write aspen_meta", e))?;
         }
+        self.commit(txn, true)
     }
 
     fn db(&self) -> &Database {
@@ -258,6 +339,15 @@ impl RedbStore {
         self.db()
             .begin_read()
             .map_err(|e| self.error("begin read", e))
+    }
+
+    pub(super) fn count_snapshot(&self, installed: bool) {
+        let counter = if installed {
+            &self.inner.snapshots_installed
+        } else {
+            &self.inner.snapshots_built
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn set_log_bytes(&self, bytes: u64) {
@@ -382,6 +472,8 @@ impl KvReader for RedbStore {
             live_bytes: self.inner.log_bytes.load(Ordering::Relaxed)
                 + self.inner.data_bytes.load(Ordering::Relaxed),
             durable_commits: self.inner.durable_commits.load(Ordering::Relaxed),
+            snapshots_built: self.inner.snapshots_built.load(Ordering::Relaxed),
+            snapshots_installed: self.inner.snapshots_installed.load(Ordering::Relaxed),
         }
     }
 }

@@ -14,7 +14,8 @@ use super::super::{StoreError, codec};
 /// Schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// `schema_version` (u32 LE), `format` ("aspen-node").
+/// `schema_version` (u32 LE), `format` ("aspen-node"), and the identity:
+/// `node_id`, `cluster_id`, `removed_at`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("aspen_meta");
 /// Log index -> encoded entry.
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -30,6 +31,10 @@ pub const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sn
 pub const KEY_SCHEMA_VERSION: &str = "schema_version";
 pub const KEY_FORMAT: &str = "format";
 pub const FORMAT_NAME: &[u8] = b"aspen-node";
+
+pub const KEY_NODE_ID: &str = "node_id";
+pub const KEY_CLUSTER_ID: &str = "cluster_id";
+pub const KEY_REMOVED_AT: &str = "removed_at";
 
 pub const KEY_VOTE: &str = "vote";
 pub const KEY_COMMITTED: &str = "committed";

@@ -344,6 +344,7 @@ impl RedbStore {
             // Superseded: the open handle keeps the data readable for the caller.
             None => self.remove_snapshot_file(Some(&name))?,
         }
+        self.count_snapshot(false);
         Ok((meta, file))
     }
 
@@ -466,6 +467,7 @@ impl RedbStore {
         self.publish_snapshot_file(part, &name)?;
         self.commit(txn, true)?;
         self.set_data_bytes(data_bytes);
+        self.count_snapshot(true);
         self.remove_snapshot_file(previous.as_deref())?;
         self.remove_received_parts()
     }
