@@ -274,6 +274,15 @@ pub struct PauseElectionsRequest {
     pub pause_ms: u64,
 }
 
+/// Internal to membership changes: the leader tells a node it removed. The
+/// node believes it only after the leader's own status confirms it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedNotice {
+    /// Client address of the leader that removed the node.
+    pub leader_addr: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferLeaderResponse {
     pub leader: NodeId,

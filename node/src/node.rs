@@ -106,7 +106,7 @@ impl NodeState {
 
     /// Records that this node is no longer a member, durably where the store
     /// allows, and stops its Raft participation.
-    async fn mark_removed(&self, log_index: u64) {
+    pub(crate) async fn mark_removed(&self, log_index: u64) {
         if self.removed.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -276,11 +276,9 @@ async fn watch_membership(state: Arc<NodeState>, mut stop: watch::Receiver<bool>
             let listed = membership.get_node(&state.id).is_some();
             if listed {
                 was_member = true;
-            } else if was_member {
-                if let Some(log_id) = applied.membership.log_id() {
-                    state.mark_removed(log_id.index).await;
-                    return;
-                }
+            } else if let Some(log_id) = applied.membership.log_id().filter(|_| was_member) {
+                state.mark_removed(log_id.index).await;
+                return;
             }
         }
         tokio::select! {

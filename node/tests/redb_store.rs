@@ -518,7 +518,10 @@ async fn log_reader_sees_entries_as_soon_as_append_returns() {
         let entries = reader.try_get_log_entries(0..).await.unwrap();
         entries
             .iter()
-            .map(|e| aspen_node::storage::codec::encode_entry(e).len() as u64)
+            .map(|e| {
+                let len = aspen_node::storage::codec::encode_entry(e).len() as u64;
+                aspen_node::storage::codec::stored_footprint(len)
+            })
             .sum::<u64>()
     });
 }

@@ -31,8 +31,8 @@ use super::metrics::role_label;
 use super::{Failure, Handled, ok};
 use crate::api::{
     AddLearnerRequest, ChangeMembershipRequest, ErrorCode, InitRequest, Member, MemberProgress,
-    MembershipView, NodeStatus, PauseElectionsRequest, RemoveLearnersRequest, Role, StorageStatus,
-    TransferLeaderRequest, TransferLeaderResponse,
+    MembershipView, NodeStatus, PauseElectionsRequest, RemoveLearnersRequest, RemovedNotice, Role,
+    StorageStatus, TransferLeaderRequest, TransferLeaderResponse,
 };
 use crate::node::NodeState;
 use crate::types::{Membership, NodeAddr, NodeId, RaftMetrics, is_voter};
@@ -242,29 +242,62 @@ pub async fn add_learner(state: &NodeState, body: &[u8]) -> Handled {
         )
         .into());
     }
-    let timeout = if request.wait {
-        CATCH_UP_TIMEOUT
-    } else {
-        state.config.request_timeout()
-    };
     let call = state
         .raft
-        .add_learner(member.node_id, node_addr(&member), request.wait);
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(response)) => {
-            tracing::info!(node = member.node_id, caught_up = request.wait, "learner added");
-            written_view(&response)
+        .add_learner(member.node_id, node_addr(&member), false);
+    let response = match tokio::time::timeout(state.config.request_timeout(), call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(write_failure(e)),
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                "adding the learner did not commit in time",
+            )
+            .into());
         }
-        Ok(Err(e)) => Err(write_failure(e)),
-        Err(_) => Err(ApiError::new(
-            ErrorCode::Timeout,
-            format!(
-                "node {} did not catch up within {timeout:?}; it stays a learner and keeps catching up",
-                member.node_id
-            ),
-        )
-        .into()),
+    };
+    tracing::info!(node = member.node_id, "learner added");
+    if request.wait {
+        wait_caught_up(state, member.node_id).await?;
     }
+    written_view(&response)
+}
+
+/// Waits until `id` holds the leader's whole log as of now. (openraft's own
+/// blocking add counts a learner within 5000 entries as caught up.)
+async fn wait_caught_up(state: &NodeState, id: NodeId) -> Result<(), Failure> {
+    let target = state.raft_metrics().last_log_index;
+    state
+        .raft
+        .wait(Some(CATCH_UP_TIMEOUT))
+        .metrics(
+            |m| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index);
+                // Leadership lost: the caller must ask the new leader.
+                m.replication.is_none() || matched >= target
+            },
+            "learner caught up",
+        )
+        .await
+        .map_err(|_| {
+            Failure::Api(ApiError::new(
+                ErrorCode::Timeout,
+                format!("node {id} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays a learner and keeps catching up"),
+            ))
+        })?;
+    if state.raft_metrics().current_leader != Some(state.id) {
+        return Err(ApiError::new(
+            ErrorCode::NoLeader,
+            "leadership changed while the learner caught up; check status and retry",
+        )
+        .into());
+    }
+    tracing::info!(node = id, "learner caught up");
+    Ok(())
 }
 
 /// Forwards to the leader unless this node leads.
@@ -321,6 +354,7 @@ pub async fn change_membership(state: &NodeState, body: &[u8]) -> Handled {
     match tokio::time::timeout(state.config.request_timeout(), call).await {
         Ok(Ok(response)) => {
             tracing::info!(?voters, "voters changed");
+            notify_removed(state, membership, response.membership.as_ref());
             written_view(&response)
         }
         Ok(Err(e)) => Err(write_failure(e)),
@@ -364,6 +398,7 @@ pub async fn remove_learners(state: &NodeState, body: &[u8]) -> Handled {
     match tokio::time::timeout(state.config.request_timeout(), call).await {
         Ok(Ok(response)) => {
             tracing::info!(?ids, "learners removed");
+            notify_removed(state, membership, response.membership.as_ref());
             written_view(&response)
         }
         Ok(Err(e)) => Err(write_failure(e)),
@@ -427,6 +462,77 @@ pub async fn campaign(state: &NodeState) -> Handled {
     ok(&serde_json::json!({ "campaigning": state.id }))
 }
 
+/// Tells every node that `before` listed and `after` does not that it was
+/// removed, so that it stops and its data never rejoins (best effort: a node
+/// that is down learns nothing, and is refused by the cluster anyway).
+fn notify_removed(state: &NodeState, before: &Membership, after: Option<&Membership>) {
+    let Some(after) = after else { return };
+    let notice = RemovedNotice {
+        leader_addr: state.addr.client_addr.clone(),
+    };
+    for (id, node) in before.nodes() {
+        if after.get_node(id).is_some() || *id == state.id {
+            continue;
+        }
+        let (id, addr, http, notice) = (
+            *id,
+            node.client_addr.clone(),
+            state.http.clone(),
+            notice.clone(),
+        );
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&notice).expect("notices serialise");
+            for attempt in 0..3u64 {
+                let request = http::Request::post(format!("http://{addr}/v1/admin/removed"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(bytes::Bytes::from(body.clone())))
+                    .expect("valid request");
+                match tokio::time::timeout(Duration::from_secs(3), http.request(request)).await {
+                    Ok(Ok(response)) if response.status() == StatusCode::OK => return,
+                    _ => tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await,
+                }
+            }
+            tracing::info!(
+                node = id,
+                "the removed node could not be told; it is refused by the cluster anyway"
+            );
+        });
+    }
+}
+
+/// A leader says this node was removed: believe it once the leader's own
+/// status confirms it leads this cluster without this node.
+pub async fn removed_notice(state: &NodeState, body: &[u8]) -> Handled {
+    let notice: RemovedNotice = parse_json(body)?;
+    let leader = crate::client::AspenClient::new(vec![notice.leader_addr.clone()])
+        .with_timeout(Duration::from_secs(3))
+        .status()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("cannot confirm with {}: {e}", notice.leader_addr),
+            )
+        })?;
+    let my_term = state.raft_metrics().current_term;
+    let confirmed = leader.cluster_id == state.cluster_id
+        && leader.role == Role::Leader
+        && leader.term >= my_term
+        && !leader.membership.contains(state.id);
+    let Some(log_index) = leader.membership.log_index.filter(|_| confirmed) else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidMembership,
+            format!(
+                "{} does not confirm that it leads this cluster without node {}",
+                notice.leader_addr, state.id
+            ),
+        )
+        .into());
+    };
+    state.mark_removed(log_index).await;
+    ok(&serde_json::json!({ "removed": state.id }))
+}
+
 /// Whether another member answers `GET path` with 200 within a second.
 async fn get_ok(state: &NodeState, addr: &str, path: &str) -> bool {
     let Ok(request) =
@@ -458,6 +564,25 @@ async fn post_to<T: Serialize>(
         Ok(Ok(response)) => Err(format!("status {}", response.status())),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 2s".into()),
+    }
+}
+
+/// Asks each of `ids` to pause its elections for `pause_ms` (0: resume).
+/// Best effort: a pause ends on its own timer anyway.
+async fn pause_elections_on(
+    state: &NodeState,
+    membership: &Membership,
+    ids: &[NodeId],
+    pause_ms: u64,
+) {
+    let request = PauseElectionsRequest { pause_ms };
+    for id in ids {
+        let Some(node) = membership.get_node(id) else {
+            continue;
+        };
+        if let Err(e) = post_to(state, &node.client_addr, "/v1/admin/elections", &request).await {
+            tracing::warn!(node = id, pause_ms, error = %e, "could not change elections on a voter");
+        }
     }
 }
 
@@ -534,23 +659,10 @@ pub async fn transfer_leadership(
         ));
     }
     // 2. Only the target may campaign.
-    let pause_request = PauseElectionsRequest {
-        pause_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-    };
-    for id in others.iter().filter(|id| **id != target) {
-        if let Some(node) = membership.get_node(id) {
-            if let Err(e) = post_to(
-                state,
-                &node.client_addr,
-                "/v1/admin/elections",
-                &pause_request,
-            )
-            .await
-            {
-                tracing::warn!(node = id, error = %e, "could not pause elections");
-            }
-        }
-    }
+    let others_but_target: Vec<NodeId> =
+        others.iter().copied().filter(|id| *id != target).collect();
+    let pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+    pause_elections_on(state, &membership, &others_but_target, pause_ms).await;
     state.elections.pause(&state.raft, pause);
     // 3. Let the followers' leases lapse.
     state.raft.runtime_config().heartbeat(false);
@@ -579,15 +691,7 @@ pub async fn transfer_leadership(
     state.raft.runtime_config().heartbeat(true);
     state.elections.resume(&state.raft);
     state.elections.set_transferring(false);
-    let resume = PauseElectionsRequest { pause_ms: 0 };
-    for id in others.iter().filter(|id| **id != target) {
-        if let Some(node) = membership.get_node(id) {
-            if let Err(e) = post_to(state, &node.client_addr, "/v1/admin/elections", &resume).await
-            {
-                tracing::warn!(node = id, error = %e, "could not resume elections; they resume on their own timer");
-            }
-        }
-    }
+    pause_elections_on(state, &membership, &others_but_target, 0).await;
     if won {
         tracing::info!(target, "leadership handed over");
         Ok(target)

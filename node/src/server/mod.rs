@@ -69,6 +69,7 @@ enum Route {
     StepDown,
     Elections,
     Campaign,
+    Removed,
     NotFound,
 }
 
@@ -90,6 +91,7 @@ impl Route {
             "/v1/admin/step-down" => Route::StepDown,
             "/v1/admin/elections" => Route::Elections,
             "/v1/admin/campaign" => Route::Campaign,
+            "/v1/admin/removed" => Route::Removed,
             p if p.starts_with("/v1/kv/") => Route::Key,
             _ => Route::NotFound,
         }
@@ -113,6 +115,7 @@ impl Route {
             Route::StepDown => "/v1/admin/step-down",
             Route::Elections => "/v1/admin/elections",
             Route::Campaign => "/v1/admin/campaign",
+            Route::Removed => "/v1/admin/removed",
             Route::NotFound => "unmatched",
         }
     }
@@ -192,6 +195,7 @@ async fn dispatch(state: &Arc<NodeState>, route: Route, parts: &Parts, body: &By
         (Route::StepDown, &Method::POST) => admin::step_down(state).await,
         (Route::Elections, &Method::POST) => admin::pause_elections(state, body).await,
         (Route::Campaign, &Method::POST) => admin::campaign(state).await,
+        (Route::Removed, &Method::POST) => admin::removed_notice(state, body).await,
         (Route::NotFound, _) => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("no route {} {}; see docs/api.md", method, parts.uri.path()),

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::http::{Body, read_body, text};
 use crate::limits::MAX_PEER_BODY_BYTES;
@@ -31,13 +30,11 @@ fn answer<T: Serialize>(value: &T) -> Response<Body> {
     response
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body>> {
-    postcard::from_bytes(body).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            format!("malformed Raft message: {e}"),
-        )
-    })
+fn malformed(e: postcard::Error) -> Response<Body> {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        format!("malformed Raft message: {e}"),
+    )
 }
 
 /// Serves one peer RPC.
@@ -86,20 +83,19 @@ async fn serve(state: &NodeState, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return e.into_response(),
     };
     let raft = &state.raft;
-    let result = match path.as_str() {
-        APPEND_PATH => match decode(&body) {
+    match path.as_str() {
+        APPEND_PATH => match postcard::from_bytes(&body) {
             Ok(rpc) => answer(&raft.append_entries(rpc).await),
-            Err(refused) => refused,
+            Err(e) => malformed(e),
         },
-        VOTE_PATH => match decode(&body) {
+        VOTE_PATH => match postcard::from_bytes(&body) {
             Ok(rpc) => answer(&raft.vote(rpc).await),
-            Err(refused) => refused,
+            Err(e) => malformed(e),
         },
-        SNAPSHOT_PATH => match decode(&body) {
+        SNAPSHOT_PATH => match postcard::from_bytes(&body) {
             Ok(rpc) => answer(&raft.install_snapshot(rpc).await),
-            Err(refused) => refused,
+            Err(e) => malformed(e),
         },
         other => refuse(StatusCode::NOT_FOUND, format!("no peer RPC at {other}")),
-    };
-    result
+    }
 }

@@ -114,6 +114,20 @@ pub fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, CodecError> {
     Ok(u64::from_le_bytes(array))
 }
 
+/// Disk space Aspen accounts for one stored record (a log entry, or a key
+/// with its value record) of `len` bytes. Small records share leaf pages and
+/// count as their size plus per-entry overhead; a record over a quarter page
+/// gets its own run of pages, which redb rounds up to a power of two.
+pub fn stored_footprint(len: u64) -> u64 {
+    const PAGE_BYTES: u64 = 4096;
+    const ENTRY_OVERHEAD_BYTES: u64 = 16;
+    if len <= PAGE_BYTES / 4 {
+        len + ENTRY_OVERHEAD_BYTES
+    } else {
+        len.div_ceil(PAGE_BYTES).next_power_of_two() * PAGE_BYTES
+    }
+}
+
 /// Size of a stored value record: revision plus value bytes.
 pub fn value_record_len(value: &str) -> u64 {
     8 + value.len() as u64
@@ -211,6 +225,14 @@ mod tests {
             decode_membership(&encode_membership(&stored)).unwrap(),
             stored
         );
+    }
+
+    #[test]
+    fn large_records_count_whole_power_of_two_page_runs() {
+        assert_eq!(stored_footprint(100), 116);
+        assert_eq!(stored_footprint(1025), 4096);
+        assert_eq!(stored_footprint(4097), 8192);
+        assert_eq!(stored_footprint(64 * 1024 + 8), 128 * 1024);
     }
 
     #[test]

@@ -145,9 +145,9 @@ struct SmInner {
     membership: StoredMembership,
 }
 
-/// Bytes a key and its stored value record take, as the redb store counts them.
+/// Accounted space of a key and its value record, as the redb store counts it.
 fn record_bytes(key: &str, value: &Versioned) -> u64 {
-    key.len() as u64 + codec::value_record_len(&value.value)
+    codec::stored_footprint(key.len() as u64 + codec::value_record_len(&value.value))
 }
 
 /// The in-memory key space during one applied batch, keeping the byte count.

@@ -57,8 +57,8 @@ pub struct StorageUsage {
     pub disk_bytes: u64,
     /// The database may not write past this offset of its file.
     pub max_bytes: u64,
-    /// Bytes of log entries, keys and values currently stored, before the
-    /// database's own page overhead.
+    /// Space the stored log entries, keys and values account for
+    /// (`codec::stored_footprint`), before redb's own page overhead.
     pub live_bytes: u64,
     /// Durable commits (fsyncs of the database file) since the store opened.
     pub durable_commits: u64,
@@ -118,7 +118,7 @@ pub enum StoreError {
         path: PathBuf,
         op: &'static str,
         #[source]
-        source: ::redb::Error,
+        source: Box<::redb::Error>,
     },
     #[error("{path}: {op} failed: {source}")]
     Io {

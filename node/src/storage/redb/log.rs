@@ -128,9 +128,9 @@ impl RedbStore {
                     .insert(entry.log_id.index, bytes.as_slice())
                     .map_err(|e| self.error("append to raft_log", e))?;
                 if let Some(old) = replaced {
-                    log_bytes -= old.value().len() as u64;
+                    log_bytes -= codec::stored_footprint(old.value().len() as u64);
                 }
-                log_bytes += bytes.len() as u64;
+                log_bytes += codec::stored_footprint(bytes.len() as u64);
             }
         }
         write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
@@ -192,7 +192,7 @@ impl RedbStore {
             .map_err(|e| self.error("remove from raft_log", e))?
         {
             let (_, value) = item.map_err(|e| self.error("remove from raft_log", e))?;
-            removed += value.value().len() as u64;
+            removed += codec::stored_footprint(value.value().len() as u64);
         }
         Ok(removed)
     }

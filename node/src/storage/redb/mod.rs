@@ -294,7 +294,7 @@ impl RedbStore {
             _ => StoreError::Redb {
                 path: self.inner.file.clone(),
                 op,
-                source: e,
+                source: Box::new(e),
             },
         }
     }
@@ -400,7 +400,7 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
         other => StoreError::Redb {
             path,
             op: "open",
-            source: other.into(),
+            source: Box::new(other.into()),
         },
     }
 }

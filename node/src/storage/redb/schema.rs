@@ -62,7 +62,7 @@ pub fn check_or_init(db: &Database, path: &Path) -> Result<Counters, StoreError>
         move |e: redb::Error| StoreError::Redb {
             path,
             op,
-            source: e,
+            source: Box::new(e),
         }
     };
     let codec_err = |source: codec::CodecError| StoreError::Codec {

@@ -91,9 +91,9 @@ impl KvTable for RedbKv<'_, '_> {
             .insert(key, record.as_slice())
             .map_err(|e| self.store.error("write sm_data", e))?;
         if let Some(old) = old {
-            self.data_bytes -= key.len() as u64 + old.value().len() as u64;
+            self.data_bytes -= record_footprint(key, old.value());
         }
-        self.data_bytes += key.len() as u64 + record.len() as u64;
+        self.data_bytes += record_footprint(key, &record);
         Ok(())
     }
 
@@ -104,12 +104,17 @@ impl KvTable for RedbKv<'_, '_> {
             .map_err(|e| self.store.error("delete from sm_data", e))?;
         match old {
             Some(old) => {
-                self.data_bytes -= key.len() as u64 + old.value().len() as u64;
+                self.data_bytes -= record_footprint(key, old.value());
                 Ok(true)
             }
             None => Ok(false),
         }
     }
+}
+
+/// Accounted disk space of a key and its value record.
+fn record_footprint(key: &str, record: &[u8]) -> u64 {
+    codec::stored_footprint(key.len() as u64 + record.len() as u64)
 }
 
 fn read_sm_meta<T: ReadableTable<&'static str, &'static [u8]>>(
@@ -436,7 +441,7 @@ impl RedbStore {
                 table
                     .insert(key.as_str(), record.as_slice())
                     .map_err(|e| self.error("write sm_data", e))?;
-                data_bytes += key.len() as u64 + record.len() as u64;
+                data_bytes += record_footprint(&key, &record);
                 previous_key = Some(key);
             }
         }
