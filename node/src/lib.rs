@@ -4,6 +4,7 @@
 //! (`storage`), serving clients, the operator and its peers over HTTP.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ctl;

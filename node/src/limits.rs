@@ -29,9 +29,18 @@ pub const MAX_SCAN_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_FORWARDED_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Size of one snapshot chunk sent to a peer.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Most client commands the node folds into one log entry.
+pub const MAX_BATCH_COMMANDS: usize = 512;
+/// A batch stops taking commands once it carries this many key and value
+/// bytes; with the command that crosses it, an entry holds at most this plus
+/// `MAX_COMMAND_BYTES`.
+pub const MAX_BATCH_BYTES: u64 = 1024 * 1024;
+/// Batches of one node in flight through Raft at once.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most log entries in one replication request.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
-/// Largest peer RPC body: a full append of the largest commands, with room for framing.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
+/// Largest peer RPC body: a full append of the largest entries, with room
+/// for framing.
 pub const MAX_PEER_BODY_BYTES: usize = 128 * 1024 * 1024;
 /// Smallest database size limit a node accepts.
 pub const MIN_DB_BYTES: u64 = 1024 * 1024;
@@ -61,12 +70,17 @@ pub enum LimitError {
     CommandTooLarge { bytes: u64 },
     #[error("transaction has no operations and no comparisons")]
     EmptyTxn,
+    #[error("batches are formed by the node, not sent by clients")]
+    InternalCommand,
 }
 
 impl LimitError {
     /// Too large (HTTP 413) rather than malformed (HTTP 400).
     pub fn is_too_large(&self) -> bool {
-        !matches!(self, LimitError::EmptyKey | LimitError::EmptyTxn)
+        !matches!(
+            self,
+            LimitError::EmptyKey | LimitError::EmptyTxn | LimitError::InternalCommand
+        )
     }
 }
 

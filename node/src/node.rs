@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::client::{HttpClient, http_client};
 use crate::config::{ConfigError, NodeConfig};
 use crate::network::PeerNetwork;
+use crate::server::batcher::{Batcher, Timing};
 use crate::server::metrics::Metrics;
 use crate::server::{self, elections::ElectionPause};
 use crate::storage::{KvReader, OpenedStore, RedbStore, StoreError};
@@ -62,6 +63,8 @@ pub struct NodeState {
     /// Client for forwarding requests to the leader and for admin fan-out.
     pub http: HttpClient,
     pub elections: ElectionPause,
+    /// Shares log entries and leadership confirmations between requests.
+    pub batcher: Batcher,
     store: Option<RedbStore>,
     removed: AtomicBool,
     stopping: AtomicBool,
@@ -201,6 +204,13 @@ pub async fn bootstrap_node(config: NodeConfig) -> Result<RunningNode, NodeError
     }
     .map_err(|e| NodeError::RaftStart(e.to_string()))?;
 
+    let batcher = Batcher::start(
+        raft.clone(),
+        Timing {
+            request_timeout: config.request_timeout(),
+            leader_wait: config.leader_wait(),
+        },
+    );
     let state = Arc::new(NodeState {
         id,
         cluster_id: config.cluster_id.clone(),
@@ -210,6 +220,7 @@ pub async fn bootstrap_node(config: NodeConfig) -> Result<RunningNode, NodeError
         backend,
         http: http_client(Duration::from_secs(1)),
         elections: ElectionPause::default(),
+        batcher,
         config,
         metrics,
         store,

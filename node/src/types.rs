@@ -119,10 +119,15 @@ pub enum Command {
         value: String,
     },
     Txn(Txn),
+    /// Commands proposed together in one log entry, applied in order, each
+    /// at its own revision. Built by the node's proposal batcher, never sent
+    /// by clients.
+    Batch(Vec<Command>),
 }
 
-/// What applying a command produced. `revision` is the log index of the entry,
-/// the same on every member.
+/// What applying a command produced. `revision` counts every command the
+/// state machine has applied (batched or not); it is the same on every
+/// member and increases with each command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// A blank or membership entry: nothing for a client.
@@ -144,6 +149,8 @@ pub enum Response {
         revision: u64,
         succeeded: bool,
     },
+    /// One response per command of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 impl Op {
@@ -174,6 +181,7 @@ impl Command {
                     limits::check_value(expected)?;
                 }
             }
+            Command::Batch(_) => return Err(LimitError::InternalCommand),
             Command::Txn(txn) => {
                 limits::check_txn_len(txn.compare.len(), txn.success.len(), txn.failure.len())?;
                 for compare in &txn.compare {
@@ -227,6 +235,7 @@ impl Command {
                     .sum();
                 compares + ops
             }
+            Command::Batch(commands) => commands.iter().map(Command::payload_bytes).sum(),
         }
     }
 
@@ -241,6 +250,7 @@ impl Command {
                 .iter()
                 .chain(&txn.failure)
                 .any(|op| matches!(op, Op::Put { .. })),
+            Command::Batch(commands) => commands.iter().any(Command::may_grow_storage),
         }
     }
 }
@@ -258,6 +268,7 @@ impl fmt::Display for Command {
                 txn.success.len(),
                 txn.failure.len()
             ),
+            Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
         }
     }
 }
@@ -266,6 +277,7 @@ impl Response {
     pub fn revision(&self) -> Option<u64> {
         match self {
             Response::Empty => None,
+            Response::Batch(responses) => responses.iter().filter_map(Response::revision).max(),
             Response::Put { revision }
             | Response::Delete { revision, .. }
             | Response::CompareAndSwap { revision, .. }

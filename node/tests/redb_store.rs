@@ -66,7 +66,8 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
     assert_eq!(membership.membership(), &common::membership(&[1, 2, 3]));
     assert_eq!(store.get("key-8").unwrap().unwrap().value, "value-8");
-    assert_eq!(store.get("key-8").unwrap().unwrap().revision, 8);
+    // The seventh command applied (entry 1 is the membership).
+    assert_eq!(store.get("key-8").unwrap().unwrap().revision, 7);
     assert!(
         store.get("key-9").unwrap().is_none(),
         "entry 9 was never applied"
@@ -482,7 +483,7 @@ async fn a_damaged_snapshot_leaves_the_state_untouched() {
 }
 
 #[test]
-fn responses_carry_the_entry_index_as_revision() {
+fn revisions_count_applied_commands_across_batches_and_reopen() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let responses = store
@@ -492,12 +493,32 @@ fn responses_carry_the_entry_index_as_revision() {
         responses,
         vec![
             Response::Empty,
-            Response::Put { revision: 2 },
+            Response::Put { revision: 1 },
             Response::Delete {
-                revision: 3,
+                revision: 2,
                 deleted: true
             }
         ]
+    );
+    store.close().unwrap();
+    let store = open(&dir);
+    let batch = aspen_node::types::Command::Batch(vec![
+        aspen_node::types::Command::Put {
+            key: "b".into(),
+            value: "2".into(),
+        },
+        aspen_node::types::Command::Delete { key: "b".into() },
+    ]);
+    let responses = store.apply_batch(vec![command(1, 4, batch)]).unwrap();
+    assert_eq!(
+        responses,
+        vec![Response::Batch(vec![
+            Response::Put { revision: 3 },
+            Response::Delete {
+                revision: 4,
+                deleted: true
+            }
+        ])]
     );
 }
 

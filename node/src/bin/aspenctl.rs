@@ -46,6 +46,8 @@ enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Measure throughput and latency of a cluster (or of etcd, to compare).
+    Bench(Box<aspen_node::bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -427,6 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Kv(command) => kv(&client, cli.output, command).await,
         Command::Cluster(command) => cluster(&client, cli.output, timeout, command).await,
+        Command::Bench(args) => aspen_node::bench::run(&cli.endpoints, cli.output, *args).await,
     }
 }
 

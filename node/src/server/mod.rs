@@ -3,6 +3,7 @@
 //! peers is served on the other listener by `raft`.
 
 pub mod admin;
+pub mod batcher;
 pub mod elections;
 pub mod health;
 pub mod http;
@@ -32,7 +33,7 @@ use crate::types::NodeId;
 pub const FORWARDED_HEADER: &str = "x-aspen-forwarded-by";
 
 /// Why a handler did not answer by itself.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     Api(ApiError),
     /// Only the leader can serve this; it is `leader`, at client address `addr`.

@@ -3,7 +3,8 @@
 //! Both stores apply commands through `apply_command` over their own `KvTable`,
 //! so that a command means exactly the same thing on every member whatever its
 //! backend. Applying is deterministic: it depends only on the table's contents,
-//! the command, and the entry's log index (the revision).
+//! the command, and the revision counter, which every applied command advances
+//! by one.
 
 use crate::types::{Check, Command, Compare, Op, Response, Txn, Versioned};
 
@@ -17,8 +18,28 @@ pub trait KvTable {
     fn delete(&mut self, key: &str) -> Result<bool, Self::Error>;
 }
 
-/// Applies `command` at `revision` and returns what the client is told.
-pub fn apply_command<T: KvTable>(
+/// Applies a command from a log entry: a single command at the next
+/// revision, or each command of a batch at its own, in order.
+pub fn apply_logged<T: KvTable>(
+    table: &mut T,
+    command: &Command,
+    revision: &mut u64,
+) -> Result<Response, T::Error> {
+    match command {
+        Command::Batch(commands) => commands
+            .iter()
+            .map(|c| apply_logged(table, c, revision))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Response::Batch),
+        single => {
+            *revision += 1;
+            apply_single(table, single, *revision)
+        }
+    }
+}
+
+/// Applies one non-batch `command` at `revision`.
+fn apply_single<T: KvTable>(
     table: &mut T,
     command: &Command,
     revision: u64,
@@ -64,6 +85,9 @@ pub fn apply_command<T: KvTable>(
                 revision,
                 succeeded,
             }
+        }
+        Command::Batch(_) => {
+            unreachable!("apply_logged applies the commands of a batch one by one")
         }
     })
 }
@@ -135,7 +159,8 @@ mod tests {
     }
 
     fn apply(map: &mut Map, command: Command, revision: u64) -> Response {
-        apply_command(map, &command, revision).unwrap()
+        let mut counter = revision - 1;
+        apply_logged(map, &command, &mut counter).unwrap()
     }
 
     #[test]
@@ -271,6 +296,41 @@ mod tests {
         );
         assert_eq!(map.0.keys().collect::<Vec<_>>(), ["a", "b", "failed"]);
         assert!(map.0.values().all(|v| v.revision == 3 || v.value == "yes"));
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_at_its_own_revision_in_order() {
+        let mut map = Map::default();
+        let mut revision = 10;
+        let batch = Command::Batch(vec![
+            put("a", "1"),
+            Command::CompareAndSwap {
+                key: "a".into(),
+                expected: Some("1".into()),
+                value: "2".into(),
+            },
+            Command::Delete { key: "b".into() },
+        ]);
+        let response = apply_logged(&mut map, &batch, &mut revision).unwrap();
+        assert_eq!(
+            response,
+            Response::Batch(vec![
+                Response::Put { revision: 11 },
+                Response::CompareAndSwap {
+                    revision: 12,
+                    succeeded: true,
+                    current: None
+                },
+                Response::Delete {
+                    revision: 13,
+                    deleted: false
+                },
+            ])
+        );
+        assert_eq!(revision, 13);
+        assert_eq!(map.0["a"].revision, 12);
+        let single = apply_logged(&mut map, &put("c", "3"), &mut revision).unwrap();
+        assert_eq!(single, Response::Put { revision: 14 });
     }
 
     #[test]

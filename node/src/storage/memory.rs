@@ -18,7 +18,7 @@ use openraft::{
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::kv::{KvTable, apply_command};
+use super::kv::{KvTable, apply_logged};
 use super::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter, snapshot_id};
 use super::{AppliedState, KvReader, StorageUsage, StoreError, codec, scan_start};
 use crate::types::{
@@ -141,6 +141,8 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 struct SmInner {
     data: BTreeMap<String, Versioned>,
     data_bytes: u64,
+    /// Commands applied so far: the last revision handed out.
+    revision: u64,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -225,7 +227,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MemStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (meta, bytes) = {
             let sm = self.read();
-            let mut writer = SnapshotWriter::new(Vec::new())
+            let mut writer = SnapshotWriter::new(Vec::new(), sm.revision)
                 .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
             for (key, versioned) in &sm.data {
                 let record = codec::encode_value(versioned.revision, &versioned.value);
@@ -276,10 +278,13 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Normal(command) => {
                     let SmInner {
-                        data, data_bytes, ..
+                        data,
+                        data_bytes,
+                        revision,
+                        ..
                     } = &mut *sm;
                     let mut kv = MemKv { data, data_bytes };
-                    let Ok(response) = apply_command(&mut kv, &command, entry.log_id.index);
+                    let Ok(response) = apply_logged(&mut kv, &command, revision);
                     response
                 }
                 EntryPayload::Membership(membership) => {
@@ -319,6 +324,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
         let mut data = BTreeMap::new();
         let mut data_bytes = 0;
         let mut reader = SnapshotReader::new(bytes.as_slice()).map_err(read_err)?;
+        let revision = reader.revision();
         while let Some((key, record)) = reader.next_record().map_err(read_err)? {
             let versioned = codec::decode_value(&record)
                 .map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
@@ -329,6 +335,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
             let mut sm = self.write();
             sm.data = data;
             sm.data_bytes = data_bytes;
+            sm.revision = revision;
             sm.last_applied = meta.last_log_id;
             sm.membership = meta.last_membership.clone();
         }

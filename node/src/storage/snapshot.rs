@@ -5,7 +5,7 @@
 //! that counts the records and carries a CRC-32 of everything before it:
 //!
 //! ```text
-//! "ASPNSNAP" | format u16 LE | reserved u16
+//! "ASPNSNAP" | format u16 LE | reserved u16 | revision u64 LE
 //! { 0x01 | key_len u32 LE | key | record_len u32 LE | value record }*
 //! 0xFF | record count u64 LE | crc32 u32 LE
 //! ```
@@ -27,6 +27,7 @@ const MAGIC: &[u8; 8] = b"ASPNSNAP";
 const FORMAT: u16 = 1;
 const TAG_RECORD: u8 = 0x01;
 const TAG_END: u8 = 0xFF;
+const HEADER_BYTES: usize = 20;
 /// A value record is the revision (8 bytes) and the value.
 const MAX_RECORD_BYTES: usize = 8 + MAX_VALUE_BYTES;
 
@@ -121,11 +122,13 @@ pub struct SnapshotWriter<W: Write> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub fn new(mut out: W) -> io::Result<Self> {
-        let mut header = Vec::with_capacity(12);
+    /// Starts a snapshot of a state machine at `revision` (its command counter).
+    pub fn new(mut out: W, revision: u64) -> io::Result<Self> {
+        let mut header = Vec::with_capacity(HEADER_BYTES);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&FORMAT.to_le_bytes());
         header.extend_from_slice(&0u16.to_le_bytes());
+        header.extend_from_slice(&revision.to_le_bytes());
         out.write_all(&header)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
@@ -178,12 +181,13 @@ pub struct SnapshotReader<R: Read> {
     input: R,
     crc: crc32fast::Hasher,
     records: u64,
+    revision: u64,
     done: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
     pub fn new(mut input: R) -> io::Result<Self> {
-        let mut header = [0u8; 12];
+        let mut header = [0u8; HEADER_BYTES];
         input
             .read_exact(&mut header)
             .map_err(|e| invalid(format!("snapshot header: {e}")))?;
@@ -198,12 +202,19 @@ impl<R: Read> SnapshotReader<R> {
         }
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
+        let revision = u64::from_le_bytes(header[12..20].try_into().expect("8 header bytes"));
         Ok(SnapshotReader {
             input,
             crc,
             records: 0,
+            revision,
             done: false,
         })
+    }
+
+    /// The state machine's command counter when the snapshot was taken.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The next `(key, value record)`, or `None` after a verified trailer.
@@ -277,7 +288,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let mut writer = SnapshotWriter::new(Vec::new()).unwrap();
+        let mut writer = SnapshotWriter::new(Vec::new(), 42).unwrap();
         writer.write_record(b"a", b"12345678x").unwrap();
         writer.write_record(b"b", b"12345678yy").unwrap();
         let (bytes, count) = writer.finish().unwrap();
@@ -298,13 +309,20 @@ mod tests {
     fn records_round_trip_in_order() {
         let records = read_all(&sample()).unwrap();
         assert_eq!(records.len(), 2);
+        assert_eq!(
+            SnapshotReader::new(sample().as_slice()).unwrap().revision(),
+            42
+        );
         assert_eq!(records[0].0, "a");
         assert_eq!(records[1].1, b"12345678yy");
     }
 
     #[test]
     fn empty_snapshot_is_valid() {
-        let (bytes, count) = SnapshotWriter::new(Vec::new()).unwrap().finish().unwrap();
+        let (bytes, count) = SnapshotWriter::new(Vec::new(), 0)
+            .unwrap()
+            .finish()
+            .unwrap();
         assert_eq!(count, 0);
         assert!(read_all(&bytes).unwrap().is_empty());
     }
@@ -332,7 +350,7 @@ mod tests {
     fn oversized_lengths_are_refused_before_allocation() {
         let mut bytes = sample();
         // The first key length sits right after the header and the record tag.
-        bytes[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[HEADER_BYTES + 1..HEADER_BYTES + 5].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = read_all(&bytes).unwrap_err();
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
     }

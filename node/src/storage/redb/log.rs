@@ -1,30 +1,36 @@
 //! The Raft log and vote in redb.
 //!
-//! Each write is one transaction; `append` is one durable commit for the whole
-//! batch it is given (group commit: openraft hands every proposal that queued
-//! up during the previous fsync to a single `append`).
+//! Writes go through the group-commit writer (`writer`): `append` returns as
+//! soon as its entries are readable and reports durability through openraft's
+//! callback once the commit that carries them is fsynced. Reads merge the
+//! writer's pending entries over what is committed.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use super::RedbStore;
 use super::schema::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_LOG_BYTES, KEY_VOTE, LOG, RAFT_META};
-use super::{RedbStore, blocking};
+use super::writer::LogWriter;
 use crate::storage::{StoreError, codec};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// The log half of a redb store, handed to openraft.
+/// The log half of a redb store, handed to openraft. Clones share the writer;
+/// the writer thread stops when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct RedbLogStore {
     store: RedbStore,
+    writer: Arc<LogWriter>,
 }
 
 impl RedbLogStore {
     pub(super) fn new(store: RedbStore) -> Self {
-        RedbLogStore { store }
+        let writer = Arc::new(LogWriter::start(store.clone()));
+        RedbLogStore { store, writer }
     }
 }
 
@@ -32,22 +38,18 @@ fn to_raft(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl Fn(StoreError) -
     move |e| StorageIOError::new(subject.clone(), verb, AnyError::new(&e)).into()
 }
 
-fn logs_read() -> impl Fn(StoreError) -> StorageError {
-    to_raft(ErrorSubject::Logs, ErrorVerb::Read)
+fn writer_failed(subject: ErrorSubject<u64>) -> impl Fn(String) -> StorageError {
+    move |message| {
+        let e = std::io::Error::other(message);
+        StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e)).into()
+    }
 }
 
-fn logs_write() -> impl Fn(StoreError) -> StorageError {
-    to_raft(ErrorSubject::Logs, ErrorVerb::Write)
-}
-
-fn read_meta_log_id(
+fn read_meta_log_id<T: ReadableTable<&'static str, &'static [u8]>>(
     store: &RedbStore,
-    txn: &ReadTransaction,
+    table: &T,
     key: &'static str,
 ) -> Result<Option<LogId>, StoreError> {
-    let table = txn
-        .open_table(RAFT_META)
-        .map_err(|e| store.error("open raft_meta", e))?;
     let value = table
         .get(key)
         .map_err(|e| store.error("read raft_meta", e))?;
@@ -57,42 +59,12 @@ fn read_meta_log_id(
         .map_err(|e| store.codec_error(e))
 }
 
-fn read_log_bytes(store: &RedbStore, txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let table = txn
-        .open_table(RAFT_META)
-        .map_err(|e| store.error("open raft_meta", e))?;
-    let value = table
-        .get(KEY_LOG_BYTES)
-        .map_err(|e| store.error("read raft_meta", e))?;
-    value
-        .map(|v| codec::decode_u64(KEY_LOG_BYTES, v.value()))
-        .transpose()
-        .map_err(|e| store.codec_error(e))
-        .map(Option::unwrap_or_default)
-}
-
-fn write_meta(
-    store: &RedbStore,
-    txn: &WriteTransaction,
-    key: &'static str,
-    value: &[u8],
-) -> Result<(), StoreError> {
-    let mut table = txn
-        .open_table(RAFT_META)
-        .map_err(|e| store.error("open raft_meta", e))?;
-    table
-        .insert(key, value)
-        .map_err(|e| store.error("write raft_meta", e))?;
-    Ok(())
-}
-
-fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {
-    bound.cloned()
-}
-
 impl RedbStore {
-    fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.begin_read()?;
+    fn committed_entries(
+        &self,
+        txn: &ReadTransaction,
+        range: (Bound<u64>, Bound<u64>),
+    ) -> Result<Vec<Entry>, StoreError> {
         let table = txn
             .open_table(LOG)
             .map_err(|e| self.error("open raft_log", e))?;
@@ -113,72 +85,64 @@ impl RedbStore {
         Ok(entries)
     }
 
-    /// Inserts `entries` and commits durably, in one transaction: the
-    /// operation behind `RaftLogStorage::append`.
+    /// Inserts `entries` into `txn`, returning the new log byte count.
+    pub(super) fn insert_entries(
+        &self,
+        txn: &WriteTransaction,
+        entries: &[Entry],
+        mut log_bytes: u64,
+    ) -> Result<u64, StoreError> {
+        let mut table = txn
+            .open_table(LOG)
+            .map_err(|e| self.error("open raft_log", e))?;
+        for entry in entries {
+            let bytes = codec::encode_entry(entry);
+            let replaced = table
+                .insert(entry.log_id.index, bytes.as_slice())
+                .map_err(|e| self.error("append to raft_log", e))?;
+            if let Some(old) = replaced {
+                log_bytes -= codec::stored_footprint(old.value().len() as u64);
+            }
+            log_bytes += codec::stored_footprint(bytes.len() as u64);
+        }
+        Ok(log_bytes)
+    }
+
+    /// Inserts `entries` and commits durably, in one transaction: what the
+    /// log writer does for a batch, without the writer.
     pub fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
-        let mut log_bytes = read_log_bytes(self, &txn)?;
+        let log_bytes = self.read_log_bytes(&txn)?;
+        let log_bytes = self.insert_entries(&txn, entries, log_bytes)?;
         {
             let mut table = txn
-                .open_table(LOG)
-                .map_err(|e| self.error("open raft_log", e))?;
-            for entry in entries {
-                let bytes = codec::encode_entry(entry);
-                let replaced = table
-                    .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(|e| self.error("append to raft_log", e))?;
-                if let Some(old) = replaced {
-                    log_bytes -= codec::stored_footprint(old.value().len() as u64);
-                }
-                log_bytes += codec::stored_footprint(bytes.len() as u64);
-            }
-        }
-        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
-        self.commit(txn, true)?;
-        self.set_log_bytes(log_bytes);
-        Ok(())
-    }
-
-    /// Removes entries from `index` onward.
-    fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        let txn = self.begin_write(true)?;
-        let log_bytes = read_log_bytes(self, &txn)? - self.remove_entries(&txn, index..)?;
-        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
-        self.commit(txn, true)?;
-        self.set_log_bytes(log_bytes);
-        Ok(())
-    }
-
-    /// Removes entries up to and including `log_id` and records it as the
-    /// purge marker, in one durable commit.
-    fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
-        let txn = self.begin_write(true)?;
-        let last_purged = {
-            let table = txn
                 .open_table(RAFT_META)
                 .map_err(|e| self.error("open raft_meta", e))?;
-            let value = table
-                .get(KEY_LAST_PURGED)
-                .map_err(|e| self.error("read raft_meta", e))?;
-            value
-                .map(|v| codec::decode_log_id(KEY_LAST_PURGED, v.value()))
-                .transpose()
-                .map_err(|e| self.codec_error(e))?
-        };
-        assert!(
-            last_purged <= Some(log_id),
-            "purge must not move backwards: {last_purged:?} -> {log_id}"
-        );
-        let log_bytes = read_log_bytes(self, &txn)? - self.remove_entries(&txn, ..=log_id.index)?;
-        write_meta(self, &txn, KEY_LAST_PURGED, &codec::encode_log_id(&log_id))?;
-        write_meta(self, &txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+            table
+                .insert(KEY_LOG_BYTES, codec::encode_u64(log_bytes).as_slice())
+                .map_err(|e| self.error("write raft_meta", e))?;
+        }
         self.commit(txn, true)?;
         self.set_log_bytes(log_bytes);
         Ok(())
     }
 
-    /// Removes the entries in `range`; returns how many bytes they held.
-    fn remove_entries(
+    fn read_log_bytes(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
+        let table = txn
+            .open_table(RAFT_META)
+            .map_err(|e| self.error("open raft_meta", e))?;
+        let value = table
+            .get(KEY_LOG_BYTES)
+            .map_err(|e| self.error("read raft_meta", e))?;
+        value
+            .map(|v| codec::decode_u64(KEY_LOG_BYTES, v.value()))
+            .transpose()
+            .map_err(|e| self.codec_error(e))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Removes the entries in `range`; returns the space they accounted for.
+    pub(super) fn remove_entries(
         &self,
         txn: &WriteTransaction,
         range: impl RangeBounds<u64>,
@@ -197,55 +161,56 @@ impl RedbStore {
         Ok(removed)
     }
 
-    fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
+    pub(super) fn read_raft_log_id_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &'static str,
+    ) -> Result<Option<LogId>, StoreError> {
+        let table = txn
+            .open_table(RAFT_META)
+            .map_err(|e| self.error("open raft_meta", e))?;
+        read_meta_log_id(self, &table, key)
+    }
+
+    fn read_raft_log_id(&self, key: &'static str) -> Result<Option<LogId>, StoreError> {
         let txn = self.begin_read()?;
-        let last_purged = read_meta_log_id(self, &txn, KEY_LAST_PURGED)?;
+        let table = txn
+            .open_table(RAFT_META)
+            .map_err(|e| self.error("open raft_meta", e))?;
+        read_meta_log_id(self, &table, key)
+    }
+
+    /// The committed log's last purged id and its last entry below `below`.
+    fn committed_log_state(
+        &self,
+        below: Option<u64>,
+    ) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
+        let txn = self.begin_read()?;
+        let meta = txn
+            .open_table(RAFT_META)
+            .map_err(|e| self.error("open raft_meta", e))?;
+        let last_purged = read_meta_log_id(self, &meta, KEY_LAST_PURGED)?;
         let table = txn
             .open_table(LOG)
             .map_err(|e| self.error("open raft_log", e))?;
-        let last = table.last().map_err(|e| self.error("read raft_log", e))?;
+        let last = match below {
+            Some(limit) => table
+                .range::<u64>(..limit)
+                .map_err(|e| self.error("read raft_log", e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| self.error("read raft_log", e))?,
+            None => table.last().map_err(|e| self.error("read raft_log", e))?,
+        };
         let last = last
             .map(|(_, bytes)| codec::decode_entry(bytes.value()))
             .transpose()
             .map_err(|e| self.codec_error(e))?
             .map(|entry| entry.log_id);
-        Ok((last_purged, last.or(last_purged)))
+        Ok((last_purged, last))
     }
 
-    /// Writes one Raft metadata record; `durable` commits with an fsync.
-    fn put_raft_meta(
-        &self,
-        key: &'static str,
-        value: Option<Vec<u8>>,
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let txn = self.begin_write(durable)?;
-        {
-            let mut table = txn
-                .open_table(RAFT_META)
-                .map_err(|e| self.error("open raft_meta", e))?;
-            match value {
-                Some(value) => {
-                    table
-                        .insert(key, value.as_slice())
-                        .map_err(|e| self.error("write raft_meta", e))?;
-                }
-                None => {
-                    table
-                        .remove(key)
-                        .map_err(|e| self.error("write raft_meta", e))?;
-                }
-            }
-        }
-        self.commit(txn, durable)
-    }
-
-    pub(super) fn read_raft_log_id(&self, key: &'static str) -> Result<Option<LogId>, StoreError> {
-        let txn = self.begin_read()?;
-        read_meta_log_id(self, &txn, key)
-    }
-
-    pub(super) fn read_vote(&self) -> Result<Option<Vote>, StoreError> {
+    fn read_vote(&self) -> Result<Option<Vote>, StoreError> {
         let txn = self.begin_read()?;
         let table = txn
             .open_table(RAFT_META)
@@ -265,11 +230,25 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let range = (
-            clone_bound(range.start_bound()),
-            clone_bound(range.end_bound()),
-        );
-        self.store.read_entries(range).map_err(logs_read())
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Pending entries first: an entry the writer commits meanwhile is then
+        // found in the database instead.
+        let (pending, hidden_from) = self.writer.snapshot(range);
+        let txn = self
+            .store
+            .begin_read()
+            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let committed = self
+            .store
+            .committed_entries(&txn, range)
+            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let mut merged: std::collections::BTreeMap<u64, Entry> = committed
+            .into_iter()
+            .filter(|e| hidden_from.is_none_or(|h| e.log_id.index < h))
+            .map(|e| (e.log_id.index, e))
+            .collect();
+        merged.extend(pending.into_iter().map(|e| (e.log_id.index, e)));
+        Ok(merged.into_values().collect())
     }
 }
 
@@ -277,10 +256,14 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let (last_purged_log_id, last_log_id) = self.store.log_state().map_err(logs_read())?;
+        let (pending_last, hidden_from) = self.writer.last_pending();
+        let (last_purged_log_id, committed_last) = self
+            .store
+            .committed_log_state(hidden_from)
+            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
         Ok(LogState {
             last_purged_log_id,
-            last_log_id,
+            last_log_id: pending_last.or(committed_last).or(last_purged_log_id),
         })
     }
 
@@ -289,12 +272,10 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = codec::encode_vote(vote);
-        blocking(&self.store, move |s| {
-            s.put_raft_meta(KEY_VOTE, Some(bytes), true)
-        })
-        .await
-        .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
+        self.writer
+            .save_vote(*vote)
+            .await
+            .map_err(writer_failed(ErrorSubject::Vote))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -304,13 +285,10 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let bytes = committed.as_ref().map(codec::encode_log_id);
-        // Not fsynced: losing it in a crash only means re-applying less at start.
-        blocking(&self.store, move |s| {
-            s.put_raft_meta(KEY_COMMITTED, bytes, false)
-        })
-        .await
-        .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
+        self.writer
+            .save_committed(committed)
+            .await
+            .map_err(writer_failed(ErrorSubject::Store))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -331,31 +309,23 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         if entries.is_empty() {
             callback.log_io_completed(Ok(()));
-            return Ok(());
+        } else {
+            self.writer.append(entries, callback);
         }
-        let result = blocking(&self.store, move |s| s.append_entries(&entries)).await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "appending to the Raft log failed");
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(logs_write()(e))
-            }
-        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        blocking(&self.store, move |s| s.truncate_from(log_id.index))
+        self.writer
+            .truncate(log_id.index)
             .await
-            .map_err(logs_write())
+            .map_err(writer_failed(ErrorSubject::Logs))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        blocking(&self.store, move |s| s.purge_upto(log_id))
+        self.writer
+            .purge(log_id)
             .await
-            .map_err(logs_write())
+            .map_err(writer_failed(ErrorSubject::Logs))
     }
 }

@@ -25,6 +25,7 @@ mod backend;
 mod log;
 mod schema;
 mod state_machine;
+mod writer;
 
 use std::fs::{self, OpenOptions};
 use std::io;

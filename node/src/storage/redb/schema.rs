@@ -23,7 +23,7 @@ pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// Key -> value record (revision + value).
 pub const SM_DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_data");
-/// `last_applied`, `last_membership`, `data_bytes`.
+/// `last_applied`, `last_membership`, `data_bytes`, `revision`.
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// `meta` (encoded snapshot meta), `file` (file name in the snapshot directory).
 pub const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
@@ -44,6 +44,7 @@ pub const KEY_LOG_BYTES: &str = "log_bytes";
 pub const KEY_LAST_APPLIED: &str = "last_applied";
 pub const KEY_MEMBERSHIP: &str = "last_membership";
 pub const KEY_DATA_BYTES: &str = "data_bytes";
+pub const KEY_REVISION: &str = "revision";
 
 pub const KEY_SNAPSHOT_META: &str = "meta";
 pub const KEY_SNAPSHOT_FILE: &str = "file";

@@ -18,11 +18,11 @@ use openraft::{
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::schema::{
-    KEY_DATA_BYTES, KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
-    SM_DATA, SM_META, SNAPSHOT_META,
+    KEY_DATA_BYTES, KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_REVISION, KEY_SNAPSHOT_FILE,
+    KEY_SNAPSHOT_META, SM_DATA, SM_META, SNAPSHOT_META,
 };
 use super::{RedbStore, blocking};
-use crate::storage::kv::{KvTable, apply_command};
+use crate::storage::kv::{KvTable, apply_logged};
 use crate::storage::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter, snapshot_id};
 use crate::storage::{StoreError, codec};
 use crate::types::{
@@ -117,11 +117,27 @@ fn record_footprint(key: &str, record: &[u8]) -> u64 {
     codec::stored_footprint(key.len() as u64 + record.len() as u64)
 }
 
+/// The state machine's metadata record.
+struct SmMeta {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    data_bytes: u64,
+    /// Commands applied so far: the last revision handed out.
+    revision: u64,
+}
+
 fn read_sm_meta<T: ReadableTable<&'static str, &'static [u8]>>(
     store: &RedbStore,
     table: &T,
-) -> Result<(Option<LogId>, StoredMembership, u64), StoreError> {
+) -> Result<SmMeta, StoreError> {
     let get = |key: &'static str| table.get(key).map_err(|e| store.error("read sm_meta", e));
+    let counter = |key: &'static str| -> Result<u64, StoreError> {
+        get(key)?
+            .map(|v| codec::decode_u64(key, v.value()))
+            .transpose()
+            .map_err(|e| store.codec_error(e))
+            .map(Option::unwrap_or_default)
+    };
     let last_applied = get(KEY_LAST_APPLIED)?
         .map(|v| codec::decode_log_id(KEY_LAST_APPLIED, v.value()))
         .transpose()
@@ -131,12 +147,12 @@ fn read_sm_meta<T: ReadableTable<&'static str, &'static [u8]>>(
         .transpose()
         .map_err(|e| store.codec_error(e))?
         .unwrap_or_default();
-    let data_bytes = get(KEY_DATA_BYTES)?
-        .map(|v| codec::decode_u64(KEY_DATA_BYTES, v.value()))
-        .transpose()
-        .map_err(|e| store.codec_error(e))?
-        .unwrap_or_default();
-    Ok((last_applied, membership, data_bytes))
+    Ok(SmMeta {
+        last_applied,
+        membership,
+        data_bytes: counter(KEY_DATA_BYTES)?,
+        revision: counter(KEY_REVISION)?,
+    })
 }
 
 /// The applied state as of `txn`.
@@ -147,8 +163,8 @@ pub(super) fn read_applied(
     let table = txn
         .open_table(SM_META)
         .map_err(|e| store.error("open sm_meta", e))?;
-    let (last_applied, membership, _) = read_sm_meta(store, &table)?;
-    Ok((last_applied, membership))
+    let meta = read_sm_meta(store, &table)?;
+    Ok((meta.last_applied, meta.membership))
 }
 
 fn write_sm_meta(
@@ -157,6 +173,7 @@ fn write_sm_meta(
     last_applied: Option<LogId>,
     membership: Option<&StoredMembership>,
     data_bytes: u64,
+    revision: u64,
 ) -> Result<(), StoreError> {
     let mut table = txn
         .open_table(SM_META)
@@ -179,6 +196,9 @@ fn write_sm_meta(
     }
     table
         .insert(KEY_DATA_BYTES, codec::encode_u64(data_bytes).as_slice())
+        .map_err(err)?;
+    table
+        .insert(KEY_REVISION, codec::encode_u64(revision).as_slice())
         .map_err(err)?;
     Ok(())
 }
@@ -239,21 +259,21 @@ impl RedbStore {
         let mut responses = Vec::with_capacity(entries.len());
         let mut last_applied = None;
         let mut membership = None;
-        let data_bytes = {
+        let before = {
             let meta = txn
                 .open_table(SM_META)
                 .map_err(|e| self.error("open sm_meta", e))?;
-            let (previous, _, data_bytes) = read_sm_meta(self, &meta)?;
-            if let (Some(previous), Some(first)) = (previous, entries.first()) {
-                assert!(
-                    first.log_id.index > previous.index,
-                    "apply of entry {} after last applied {}",
-                    first.log_id,
-                    previous
-                );
-            }
-            data_bytes
+            read_sm_meta(self, &meta)?
         };
+        if let (Some(previous), Some(first)) = (before.last_applied, entries.first()) {
+            assert!(
+                first.log_id.index > previous.index,
+                "apply of entry {} after last applied {}",
+                first.log_id,
+                previous
+            );
+        }
+        let mut revision = before.revision;
         let data_bytes = {
             let table = txn
                 .open_table(SM_DATA)
@@ -261,14 +281,14 @@ impl RedbStore {
             let mut kv = RedbKv {
                 store: self,
                 table,
-                data_bytes,
+                data_bytes: before.data_bytes,
             };
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Normal(command) => {
-                        apply_command(&mut kv, &command, entry.log_id.index)?
+                        apply_logged(&mut kv, &command, &mut revision)?
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
@@ -279,7 +299,14 @@ impl RedbStore {
             }
             kv.data_bytes
         };
-        write_sm_meta(self, &txn, last_applied, membership.as_ref(), data_bytes)?;
+        write_sm_meta(
+            self,
+            &txn,
+            last_applied,
+            membership.as_ref(),
+            data_bytes,
+            revision,
+        )?;
         self.commit(txn, false)?;
         self.set_data_bytes(data_bytes);
         Ok(responses)
@@ -290,7 +317,13 @@ impl RedbStore {
     fn build_snapshot_file(&self) -> Result<(SnapshotMeta, File), StoreError> {
         let dir = self.snapshot_dir().to_path_buf();
         let txn = self.begin_read()?;
-        let (last_applied, membership) = read_applied(self, &txn)?;
+        let sm_meta = {
+            let table = txn
+                .open_table(SM_META)
+                .map_err(|e| self.error("open sm_meta", e))?;
+            read_sm_meta(self, &table)?
+        };
+        let (last_applied, membership) = (sm_meta.last_applied, sm_meta.membership);
         let seq = self.next_snapshot_seq();
         let meta = SnapshotMeta {
             last_log_id: last_applied,
@@ -303,7 +336,8 @@ impl RedbStore {
             move |e| self.io_error(&part, op, e)
         };
         let file = File::create(&part).map_err(io("create"))?;
-        let mut writer = SnapshotWriter::new(BufWriter::new(file)).map_err(io("write"))?;
+        let mut writer =
+            SnapshotWriter::new(BufWriter::new(file), sm_meta.revision).map_err(io("write"))?;
         {
             let table = txn
                 .open_table(SM_DATA)
@@ -410,7 +444,9 @@ impl RedbStore {
     ) -> Result<(), StoreError> {
         let io = |op: &'static str| move |e| self.io_error(part, op, e);
         let file = File::create(part).map_err(io("create"))?;
-        let mut writer = SnapshotWriter::new(BufWriter::new(file)).map_err(io("write"))?;
+        let revision = reader.revision();
+        let mut writer =
+            SnapshotWriter::new(BufWriter::new(file), revision).map_err(io("write"))?;
         let txn = self.begin_write(true)?;
         let mut data_bytes = 0u64;
         {
@@ -451,6 +487,7 @@ impl RedbStore {
             meta.last_log_id,
             Some(&meta.last_membership),
             data_bytes,
+            revision,
         )?;
         let name = format!(
             "snap-{}-{seq}.bin",
