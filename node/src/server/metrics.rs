@@ -29,6 +29,16 @@ pub enum Proposal {
 }
 
 impl Proposal {
+    const ALL: [Proposal; 7] = [
+        Proposal::Committed,
+        Proposal::Forwarded,
+        Proposal::Rejected,
+        Proposal::StorageFull,
+        Proposal::NoLeader,
+        Proposal::Timeout,
+        Proposal::Failed,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Proposal::Committed => "committed",
@@ -133,6 +143,16 @@ impl Metrics {
         registry
             .register(Box::new(http_duration.clone()))
             .expect("unique metric");
+        let proposals = counter_vec(
+            r,
+            "proposals_total",
+            "Client writes proposed through this node, by outcome.",
+            &["outcome"],
+        );
+        // Every outcome is exported from the start, at zero.
+        for outcome in Proposal::ALL {
+            proposals.with_label_values(&[outcome.label()]);
+        }
         Metrics {
             http_requests: counter_vec(
                 r,
@@ -141,12 +161,7 @@ impl Metrics {
                 &["route", "code"],
             ),
             http_duration,
-            proposals: counter_vec(
-                r,
-                "proposals_total",
-                "Client writes proposed through this node, by outcome.",
-                &["outcome"],
-            ),
+            proposals,
             peer_rpc_errors: counter_vec(
                 r,
                 "peer_rpc_errors_total",
