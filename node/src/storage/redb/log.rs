@@ -1,48 +1,38 @@
 //! The Raft log and vote in redb.
 //!
-//! Writes go through the group-commit writer (`writer`): `append` returns as
-//! soon as its entries are readable and reports durability through openraft's
-//! callback once the commit that carries them is fsynced. Reads merge the
-//! writer's pending entries over what is committed.
+//! Every write is one transaction, committed before the call returns: one
+//! `append` is one durable commit, whatever the number of entries. openraft
+//! 0.9 waits for each append to be flushed before it issues the next, so
+//! writes run on the calling task (`run_inline`) rather than hopping to a
+//! writer thread that could never batch them; concurrent client writes share
+//! an append because the node batches proposals (`server::batcher`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::RedbStore;
 use super::schema::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_LOG_BYTES, KEY_VOTE, LOG, RAFT_META};
-use super::writer::LogWriter;
+use super::{RedbStore, run_inline};
 use crate::storage::{StoreError, codec};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// The log half of a redb store, handed to openraft. Clones share the writer;
-/// the writer thread stops when the last clone is dropped.
+/// The log half of a redb store, handed to openraft.
 #[derive(Debug, Clone)]
 pub struct RedbLogStore {
     store: RedbStore,
-    writer: Arc<LogWriter>,
 }
 
 impl RedbLogStore {
     pub(super) fn new(store: RedbStore) -> Self {
-        let writer = Arc::new(LogWriter::start(store.clone()));
-        RedbLogStore { store, writer }
+        RedbLogStore { store }
     }
 }
 
 fn to_raft(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl Fn(StoreError) -> StorageError {
     move |e| StorageIOError::new(subject.clone(), verb, AnyError::new(&e)).into()
-}
-
-fn writer_failed(subject: ErrorSubject<u64>) -> impl Fn(String) -> StorageError {
-    move |message| {
-        let e = std::io::Error::other(message);
-        StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e)).into()
-    }
 }
 
 fn read_meta_log_id<T: ReadableTable<&'static str, &'static [u8]>>(
@@ -86,7 +76,7 @@ impl RedbStore {
     }
 
     /// Inserts `entries` into `txn`, returning the new log byte count.
-    pub(super) fn insert_entries(
+    fn insert_entries(
         &self,
         txn: &WriteTransaction,
         entries: &[Entry],
@@ -108,20 +98,13 @@ impl RedbStore {
         Ok(log_bytes)
     }
 
-    /// Inserts `entries` and commits durably, in one transaction: what the
-    /// log writer does for a batch, without the writer.
+    /// Inserts `entries` and commits durably, in one transaction: the
+    /// operation behind `RaftLogStorage::append`.
     pub fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
         let log_bytes = self.read_log_bytes(&txn)?;
         let log_bytes = self.insert_entries(&txn, entries, log_bytes)?;
-        {
-            let mut table = txn
-                .open_table(RAFT_META)
-                .map_err(|e| self.error("open raft_meta", e))?;
-            table
-                .insert(KEY_LOG_BYTES, codec::encode_u64(log_bytes).as_slice())
-                .map_err(|e| self.error("write raft_meta", e))?;
-        }
+        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
         self.commit(txn, true)?;
         self.set_log_bytes(log_bytes);
         Ok(())
@@ -142,7 +125,7 @@ impl RedbStore {
     }
 
     /// Removes the entries in `range`; returns the space they accounted for.
-    pub(super) fn remove_entries(
+    fn remove_entries(
         &self,
         txn: &WriteTransaction,
         range: impl RangeBounds<u64>,
@@ -161,15 +144,73 @@ impl RedbStore {
         Ok(removed)
     }
 
-    pub(super) fn read_raft_log_id_in(
+    fn put_raft_meta(
         &self,
         txn: &WriteTransaction,
         key: &'static str,
-    ) -> Result<Option<LogId>, StoreError> {
-        let table = txn
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut table = txn
             .open_table(RAFT_META)
             .map_err(|e| self.error("open raft_meta", e))?;
-        read_meta_log_id(self, &table, key)
+        table
+            .insert(key, value)
+            .map_err(|e| self.error("write raft_meta", e))?;
+        Ok(())
+    }
+
+    /// Writes one Raft metadata record (`None` removes it) in its own commit.
+    fn save_raft_meta(
+        &self,
+        key: &'static str,
+        value: Option<Vec<u8>>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_write(durable)?;
+        match value {
+            Some(value) => self.put_raft_meta(&txn, key, &value)?,
+            None => {
+                let mut table = txn
+                    .open_table(RAFT_META)
+                    .map_err(|e| self.error("open raft_meta", e))?;
+                table
+                    .remove(key)
+                    .map_err(|e| self.error("write raft_meta", e))?;
+            }
+        }
+        self.commit(txn, durable)
+    }
+
+    /// Removes entries from `index` onward, durably.
+    fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        let log_bytes = self.read_log_bytes(&txn)? - self.remove_entries(&txn, index..)?;
+        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        self.commit(txn, true)?;
+        self.set_log_bytes(log_bytes);
+        Ok(())
+    }
+
+    /// Removes entries up to and including `upto` and moves the purge marker
+    /// to it, in one durable commit.
+    fn purge_upto(&self, upto: LogId) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        let last_purged = {
+            let table = txn
+                .open_table(RAFT_META)
+                .map_err(|e| self.error("open raft_meta", e))?;
+            read_meta_log_id(self, &table, KEY_LAST_PURGED)?
+        };
+        assert!(
+            last_purged <= Some(upto),
+            "purge must not move backwards: {last_purged:?} -> {upto}"
+        );
+        let log_bytes = self.read_log_bytes(&txn)? - self.remove_entries(&txn, ..=upto.index)?;
+        self.put_raft_meta(&txn, KEY_LAST_PURGED, &codec::encode_log_id(&upto))?;
+        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        self.commit(txn, true)?;
+        self.set_log_bytes(log_bytes);
+        Ok(())
     }
 
     fn read_raft_log_id(&self, key: &'static str) -> Result<Option<LogId>, StoreError> {
@@ -180,11 +221,8 @@ impl RedbStore {
         read_meta_log_id(self, &table, key)
     }
 
-    /// The committed log's last purged id and its last entry below `below`.
-    fn committed_log_state(
-        &self,
-        below: Option<u64>,
-    ) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
+    /// The last purged log id and the last entry's id.
+    fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
         let txn = self.begin_read()?;
         let meta = txn
             .open_table(RAFT_META)
@@ -193,15 +231,7 @@ impl RedbStore {
         let table = txn
             .open_table(LOG)
             .map_err(|e| self.error("open raft_log", e))?;
-        let last = match below {
-            Some(limit) => table
-                .range::<u64>(..limit)
-                .map_err(|e| self.error("read raft_log", e))?
-                .next_back()
-                .transpose()
-                .map_err(|e| self.error("read raft_log", e))?,
-            None => table.last().map_err(|e| self.error("read raft_log", e))?,
-        };
+        let last = table.last().map_err(|e| self.error("read raft_log", e))?;
         let last = last
             .map(|(_, bytes)| codec::decode_entry(bytes.value()))
             .transpose()
@@ -225,30 +255,24 @@ impl RedbStore {
     }
 }
 
+fn logs_read() -> impl Fn(StoreError) -> StorageError {
+    to_raft(ErrorSubject::Logs, ErrorVerb::Read)
+}
+
+fn logs_write() -> impl Fn(StoreError) -> StorageError {
+    to_raft(ErrorSubject::Logs, ErrorVerb::Write)
+}
+
 impl RaftLogReader<TypeConfig> for RedbLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        // Pending entries first: an entry the writer commits meanwhile is then
-        // found in the database instead.
-        let (pending, hidden_from) = self.writer.snapshot(range);
-        let txn = self
-            .store
-            .begin_read()
-            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
-        let committed = self
-            .store
+        let txn = self.store.begin_read().map_err(logs_read())?;
+        self.store
             .committed_entries(&txn, range)
-            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
-        let mut merged: std::collections::BTreeMap<u64, Entry> = committed
-            .into_iter()
-            .filter(|e| hidden_from.is_none_or(|h| e.log_id.index < h))
-            .map(|e| (e.log_id.index, e))
-            .collect();
-        merged.extend(pending.into_iter().map(|e| (e.log_id.index, e)));
-        Ok(merged.into_values().collect())
+            .map_err(logs_read())
     }
 }
 
@@ -256,14 +280,10 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let (pending_last, hidden_from) = self.writer.last_pending();
-        let (last_purged_log_id, committed_last) = self
-            .store
-            .committed_log_state(hidden_from)
-            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let (last_purged_log_id, last) = self.store.log_state().map_err(logs_read())?;
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: pending_last.or(committed_last).or(last_purged_log_id),
+            last_log_id: last.or(last_purged_log_id),
         })
     }
 
@@ -272,10 +292,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.writer
-            .save_vote(*vote)
-            .await
-            .map_err(writer_failed(ErrorSubject::Vote))
+        let bytes = codec::encode_vote(vote);
+        run_inline(|| self.store.save_raft_meta(KEY_VOTE, Some(bytes), true))
+            .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -285,10 +304,10 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.writer
-            .save_committed(committed)
-            .await
-            .map_err(writer_failed(ErrorSubject::Store))
+        let bytes = committed.as_ref().map(codec::encode_log_id);
+        // Not fsynced: losing it in a crash only means re-applying less at start.
+        run_inline(|| self.store.save_raft_meta(KEY_COMMITTED, bytes, false))
+            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -307,25 +326,29 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if entries.is_empty() {
-            callback.log_io_completed(Ok(()));
+        let result = if entries.is_empty() {
+            Ok(())
         } else {
-            self.writer.append(entries, callback);
+            run_inline(|| self.store.append_entries(&entries))
+        };
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the Raft log failed");
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(logs_write()(e))
+            }
         }
-        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.writer
-            .truncate(log_id.index)
-            .await
-            .map_err(writer_failed(ErrorSubject::Logs))
+        run_inline(|| self.store.truncate_from(log_id.index)).map_err(logs_write())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.writer
-            .purge(log_id)
-            .await
-            .map_err(writer_failed(ErrorSubject::Logs))
+        run_inline(|| self.store.purge_upto(log_id)).map_err(logs_write())
     }
 }

@@ -21,7 +21,7 @@ use super::schema::{
     KEY_DATA_BYTES, KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_REVISION, KEY_SNAPSHOT_FILE,
     KEY_SNAPSHOT_META, SM_DATA, SM_META, SNAPSHOT_META,
 };
-use super::{RedbStore, blocking};
+use super::{RedbStore, blocking, run_inline};
 use crate::storage::kv::{KvTable, apply_logged};
 use crate::storage::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter, snapshot_id};
 use crate::storage::{StoreError, codec};
@@ -594,9 +594,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        blocking(&self.store, move |s| s.apply_batch(entries))
-            .await
-            .map_err(sm_error(ErrorVerb::Write))
+        run_inline(|| self.store.apply_batch(entries)).map_err(sm_error(ErrorVerb::Write))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
