@@ -14,7 +14,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::schema::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_LOG_BYTES, KEY_VOTE, LOG, RAFT_META};
+use super::schema::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, RAFT_META};
 use super::{RedbStore, run_inline};
 use crate::storage::{StoreError, codec};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -75,53 +75,29 @@ impl RedbStore {
         Ok(entries)
     }
 
-    /// Inserts `entries` into `txn`, returning the new log byte count.
-    fn insert_entries(
-        &self,
-        txn: &WriteTransaction,
-        entries: &[Entry],
-        mut log_bytes: u64,
-    ) -> Result<u64, StoreError> {
-        let mut table = txn
-            .open_table(LOG)
-            .map_err(|e| self.error("open raft_log", e))?;
-        for entry in entries {
-            let bytes = codec::encode_entry(entry);
-            let replaced = table
-                .insert(entry.log_id.index, bytes.as_slice())
-                .map_err(|e| self.error("append to raft_log", e))?;
-            if let Some(old) = replaced {
-                log_bytes -= codec::stored_footprint(old.value().len() as u64);
-            }
-            log_bytes += codec::stored_footprint(bytes.len() as u64);
-        }
-        Ok(log_bytes)
-    }
-
     /// Inserts `entries` and commits durably, in one transaction: the
     /// operation behind `RaftLogStorage::append`.
     pub fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
-        let log_bytes = self.read_log_bytes(&txn)?;
-        let log_bytes = self.insert_entries(&txn, entries, log_bytes)?;
-        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        let (mut added, mut removed) = (0u64, 0u64);
+        {
+            let mut table = txn
+                .open_table(LOG)
+                .map_err(|e| self.error("open raft_log", e))?;
+            for entry in entries {
+                let bytes = codec::encode_entry(entry);
+                let replaced = table
+                    .insert(entry.log_id.index, bytes.as_slice())
+                    .map_err(|e| self.error("append to raft_log", e))?;
+                if let Some(old) = replaced {
+                    removed += codec::stored_footprint(old.value().len() as u64);
+                }
+                added += codec::stored_footprint(bytes.len() as u64);
+            }
+        }
         self.commit(txn, true)?;
-        self.set_log_bytes(log_bytes);
+        self.adjust_log_bytes(added, removed);
         Ok(())
-    }
-
-    fn read_log_bytes(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
-        let table = txn
-            .open_table(RAFT_META)
-            .map_err(|e| self.error("open raft_meta", e))?;
-        let value = table
-            .get(KEY_LOG_BYTES)
-            .map_err(|e| self.error("read raft_meta", e))?;
-        value
-            .map(|v| codec::decode_u64(KEY_LOG_BYTES, v.value()))
-            .transpose()
-            .map_err(|e| self.codec_error(e))
-            .map(Option::unwrap_or_default)
     }
 
     /// Removes the entries in `range`; returns the space they accounted for.
@@ -184,10 +160,9 @@ impl RedbStore {
     /// Removes entries from `index` onward, durably.
     fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
-        let log_bytes = self.read_log_bytes(&txn)? - self.remove_entries(&txn, index..)?;
-        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
+        let removed = self.remove_entries(&txn, index..)?;
         self.commit(txn, true)?;
-        self.set_log_bytes(log_bytes);
+        self.adjust_log_bytes(0, removed);
         Ok(())
     }
 
@@ -205,11 +180,10 @@ impl RedbStore {
             last_purged <= Some(upto),
             "purge must not move backwards: {last_purged:?} -> {upto}"
         );
-        let log_bytes = self.read_log_bytes(&txn)? - self.remove_entries(&txn, ..=upto.index)?;
+        let removed = self.remove_entries(&txn, ..=upto.index)?;
         self.put_raft_meta(&txn, KEY_LAST_PURGED, &codec::encode_log_id(&upto))?;
-        self.put_raft_meta(&txn, KEY_LOG_BYTES, &codec::encode_u64(log_bytes))?;
         self.commit(txn, true)?;
-        self.set_log_bytes(log_bytes);
+        self.adjust_log_bytes(0, removed);
         Ok(())
     }
 

@@ -23,7 +23,9 @@
 
 mod backend;
 mod log;
+mod overlay;
 mod schema;
+mod snapshots;
 mod state_machine;
 
 use std::fs::{self, OpenOptions};
@@ -31,14 +33,16 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ::redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
 pub use self::log::RedbLogStore;
+use self::overlay::{Found, Overlay};
+use self::state_machine::SmMeta;
 pub use self::state_machine::{RedbSnapshotBuilder, RedbStateMachine};
 use super::{AppliedState, Identity, KvReader, StorageUsage, StoreError, codec, scan_start};
 use crate::limits::MIN_DB_BYTES;
@@ -65,6 +69,8 @@ struct Inner {
     snapshots_built: AtomicU64,
     snapshots_installed: AtomicU64,
     log_bytes: AtomicU64,
+    /// Applied changes not yet written to the database (see `overlay`).
+    overlay: Mutex<Overlay>,
     data_bytes: AtomicU64,
     snapshot_seq: AtomicU64,
 }
@@ -127,7 +133,8 @@ impl RedbStore {
             }
         };
 
-        let counters = schema::check_or_init(&db, &path)?;
+        schema::check_or_init(&db, &path)?;
+        let (sm_meta, log_bytes) = read_counters(&db, &path)?;
         let store = RedbStore {
             inner: Arc::new(Inner {
                 db,
@@ -140,8 +147,9 @@ impl RedbStore {
                 durable_commits: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
-                log_bytes: AtomicU64::new(counters.log_bytes),
-                data_bytes: AtomicU64::new(counters.data_bytes),
+                log_bytes: AtomicU64::new(log_bytes),
+                data_bytes: AtomicU64::new(sm_meta.data_bytes),
+                overlay: Mutex::new(Overlay::new(sm_meta)),
                 snapshot_seq: AtomicU64::new(0),
             }),
         };
@@ -175,16 +183,21 @@ impl RedbStore {
         })
     }
 
-    /// Closes the database if this is the last handle; otherwise gives the
-    /// handle back.
+    /// Closes the database if this is the last handle (writing out the
+    /// applied changes still in memory first); otherwise gives the handle back.
     pub fn try_close(self) -> Result<Result<(), StoreError>, RedbStore> {
+        if Arc::strong_count(&self.inner) > 1 {
+            return Err(self);
+        }
+        let flushed = if self.inner.full.load(Ordering::Relaxed) {
+            // Nothing more can be written; the last commit is what reopening finds.
+            Ok(())
+        } else {
+            let mut overlay = self.overlay();
+            self.flush_overlay(&mut overlay, true)
+        };
         let inner = Arc::try_unwrap(self.inner).map_err(|inner| RedbStore { inner })?;
-        let full = inner.full.load(Ordering::Relaxed);
-        Ok(match inner.db.close() {
-            Ok(()) => Ok(()),
-            Err(DatabaseError::Storage(::redb::StorageError::PreviousIo)) if full => Ok(()),
-            Err(e) => Err(open_error(&inner.file, e)),
-        })
+        Ok(flushed.and_then(|()| close_database(inner)))
     }
 
     /// Records who this data belongs to on first use, and afterwards verifies
@@ -350,8 +363,15 @@ impl RedbStore {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn set_log_bytes(&self, bytes: u64) {
-        self.inner.log_bytes.store(bytes, Ordering::Relaxed);
+    pub(super) fn adjust_log_bytes(&self, added: u64, removed: u64) {
+        self.inner.log_bytes.fetch_add(added, Ordering::Relaxed);
+        self.inner.log_bytes.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// The overlay of applied changes; held while applying, flushing,
+    /// installing a snapshot, or taking a consistent view for a read.
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.inner.overlay.lock().expect("overlay lock poisoned")
     }
 
     pub(super) fn set_data_bytes(&self, bytes: u64) {
@@ -361,7 +381,7 @@ impl RedbStore {
     /// Removes snapshot files no committed record points to: leftovers of a
     /// build or transfer interrupted by a crash.
     fn remove_stale_snapshot_files(&self) -> Result<(), StoreError> {
-        let current = state_machine::current_snapshot_file(self)?;
+        let current = snapshots::current_snapshot_file(self)?;
         let dir = self.snapshot_dir();
         let entries = fs::read_dir(dir).map_err(|e| self.io_error(dir, "list", e))?;
         for entry in entries {
@@ -405,9 +425,57 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
     }
 }
 
+/// Closes the database of the last handle; a store stopped at its size limit
+/// closes cleanly, its last commit intact.
+fn close_database(inner: Inner) -> Result<(), StoreError> {
+    let full = inner.full.load(Ordering::Relaxed);
+    match inner.db.close() {
+        Ok(()) => Ok(()),
+        Err(DatabaseError::Storage(::redb::StorageError::PreviousIo)) if full => Ok(()),
+        Err(e) => Err(open_error(&inner.file, e)),
+    }
+}
+
+/// The state machine's metadata and the log's accounted size, read at open.
+fn read_counters(db: &Database, path: &Path) -> Result<(SmMeta, u64), StoreError> {
+    let redb_err = |e: ::redb::Error| StoreError::Redb {
+        path: path.to_path_buf(),
+        op: "read counters",
+        source: Box::new(e),
+    };
+    let store_err = |e: StoreError| e;
+    let txn = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let log = txn
+        .open_table(schema::LOG)
+        .map_err(|e| redb_err(e.into()))?;
+    let mut log_bytes = 0u64;
+    for item in log.iter().map_err(|e| redb_err(e.into()))? {
+        let (_, value) = item.map_err(|e| redb_err(e.into()))?;
+        log_bytes += codec::stored_footprint(value.value().len() as u64);
+    }
+    let meta = txn
+        .open_table(schema::SM_META)
+        .map_err(|e| redb_err(e.into()))?;
+    let sm_meta = state_machine::read_sm_meta_at(path, &meta).map_err(store_err)?;
+    Ok((sm_meta, log_bytes))
+}
+
 impl KvReader for RedbStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let txn = self.begin_read()?;
+        let txn = {
+            let overlay = self.overlay();
+            match overlay.lookup(key) {
+                Found::Value(record) => {
+                    return codec::decode_value(record)
+                        .map(Some)
+                        .map_err(|e| self.codec_error(e));
+                }
+                Found::Deleted => return Ok(None),
+                // Begun under the lock: what a flush moves out of the overlay
+                // is then in this transaction's view.
+                Found::NotHere => self.begin_read()?,
+            }
+        };
         let table = txn
             .open_table(schema::SM_DATA)
             .map_err(|e| self.error("open sm_data", e))?;
@@ -425,36 +493,30 @@ impl KvReader for RedbStore {
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let txn = self.begin_read()?;
+        let start = scan_start(prefix, start_after);
+        let (pending, txn) = {
+            let overlay = self.overlay();
+            (overlay.changes_from(start, prefix), self.begin_read()?)
+        };
         let table = txn
             .open_table(schema::SM_DATA)
             .map_err(|e| self.error("open sm_data", e))?;
-        let start = scan_start(prefix, start_after);
-        let mut out = Vec::new();
-        for item in table
-            .range::<&str>(start..)
-            .map_err(|e| self.error("scan sm_data", e))?
-        {
-            let (key, record) = item.map_err(|e| self.error("scan sm_data", e))?;
-            let key = key.value();
-            if Some(key) == start_after {
-                continue;
-            }
-            if !key.starts_with(prefix) || out.len() >= limit as usize {
-                break;
-            }
-            let value = codec::decode_value(record.value()).map_err(|e| self.codec_error(e))?;
-            out.push((key.to_owned(), value));
-        }
-        Ok(out)
+        overlay::merge_scan(
+            self,
+            &table,
+            pending,
+            start,
+            prefix,
+            start_after,
+            limit as usize,
+        )
     }
 
     fn applied_state(&self) -> Result<AppliedState, StoreError> {
-        let txn = self.begin_read()?;
-        let (last_applied, membership) = state_machine::read_applied(self, &txn)?;
+        let overlay = self.overlay();
         Ok(AppliedState {
-            last_applied,
-            membership,
+            last_applied: overlay.meta.last_applied,
+            membership: overlay.meta.membership.clone(),
         })
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
-use super::super::{StoreError, codec};
+use super::super::StoreError;
 
 /// Schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("aspen_meta");
 /// Log index -> encoded entry.
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// `vote`, `committed`, `last_purged`, `log_bytes`.
+/// `vote`, `committed`, `last_purged`.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// Key -> value record (revision + value).
 pub const SM_DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_data");
@@ -39,7 +39,6 @@ pub const KEY_REMOVED_AT: &str = "removed_at";
 pub const KEY_VOTE: &str = "vote";
 pub const KEY_COMMITTED: &str = "committed";
 pub const KEY_LAST_PURGED: &str = "last_purged";
-pub const KEY_LOG_BYTES: &str = "log_bytes";
 
 pub const KEY_LAST_APPLIED: &str = "last_applied";
 pub const KEY_MEMBERSHIP: &str = "last_membership";
@@ -49,15 +48,8 @@ pub const KEY_REVISION: &str = "revision";
 pub const KEY_SNAPSHOT_META: &str = "meta";
 pub const KEY_SNAPSHOT_FILE: &str = "file";
 
-/// Byte counters stored with the data they count.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub log_bytes: u64,
-    pub data_bytes: u64,
-}
-
 /// Verifies an existing file's schema, or lays out a new one.
-pub fn check_or_init(db: &Database, path: &Path) -> Result<Counters, StoreError> {
+pub fn check_or_init(db: &Database, path: &Path) -> Result<(), StoreError> {
     let redb_err = |op: &'static str| {
         let path = path.to_path_buf();
         move |e: redb::Error| StoreError::Redb {
@@ -65,10 +57,6 @@ pub fn check_or_init(db: &Database, path: &Path) -> Result<Counters, StoreError>
             op,
             source: Box::new(e),
         }
-    };
-    let codec_err = |source: codec::CodecError| StoreError::Codec {
-        path: path.to_path_buf(),
-        source,
     };
     let foreign = |detail: String| StoreError::Foreign {
         path: path.to_path_buf(),
@@ -86,7 +74,7 @@ pub fn check_or_init(db: &Database, path: &Path) -> Result<Counters, StoreError>
     if tables.is_empty() {
         drop(txn);
         init(db).map_err(redb_err("initialise"))?;
-        return Ok(Counters::default());
+        return Ok(());
     }
     if !tables.iter().any(|t| t == META.name()) {
         return Err(foreign(format!(
@@ -139,23 +127,7 @@ pub fn check_or_init(db: &Database, path: &Path) -> Result<Counters, StoreError>
         }
     }
 
-    let read_counter =
-        |def: TableDefinition<&str, &[u8]>, key: &'static str| -> Result<u64, StoreError> {
-            let table = txn
-                .open_table(def)
-                .map_err(|e| redb_err("open table")(e.into()))?;
-            let value = table
-                .get(key)
-                .map_err(|e| redb_err("read counter")(e.into()))?;
-            match value {
-                Some(v) => codec::decode_u64(key, v.value()).map_err(codec_err),
-                None => Ok(0),
-            }
-        };
-    Ok(Counters {
-        log_bytes: read_counter(RAFT_META, KEY_LOG_BYTES)?,
-        data_bytes: read_counter(SM_META, KEY_DATA_BYTES)?,
-    })
+    Ok(())
 }
 
 fn init(db: &Database) -> Result<(), redb::Error> {
