@@ -76,9 +76,16 @@ impl Stores {
     }
 }
 
-fn append(c: &mut Criterion) {
+#[derive(Clone, Copy)]
+enum Op {
+    Append,
+    Apply,
+}
+
+/// Measures `op` on a fresh store of each backend at each batch size.
+fn measure(c: &mut Criterion, group: &str, op: Op) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut group = c.benchmark_group("append");
+    let mut group = c.benchmark_group(group);
     for backend in ["memory", "redb"] {
         for size in BATCH_SIZES {
             let stores = Stores::open(backend);
@@ -87,7 +94,14 @@ fn append(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(backend, size), &size, |b, &size| {
                 b.iter_batched(
                     || batch(&next, size),
-                    |entries| rt.block_on(stores.append(entries)),
+                    |entries| {
+                        rt.block_on(async {
+                            match op {
+                                Op::Append => stores.append(entries).await,
+                                Op::Apply => stores.apply(entries).await,
+                            }
+                        })
+                    },
                     BatchSize::SmallInput,
                 );
             });
@@ -96,24 +110,12 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
+fn append(c: &mut Criterion) {
+    measure(c, "append", Op::Append);
+}
+
 fn apply(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut group = c.benchmark_group("apply");
-    for backend in ["memory", "redb"] {
-        for size in BATCH_SIZES {
-            let stores = Stores::open(backend);
-            let next = AtomicU64::new(1);
-            group.throughput(Throughput::Elements(size));
-            group.bench_with_input(BenchmarkId::new(backend, size), &size, |b, &size| {
-                b.iter_batched(
-                    || batch(&next, size),
-                    |entries| rt.block_on(stores.apply(entries)),
-                    BatchSize::SmallInput,
-                );
-            });
-        }
-    }
-    group.finish();
+    measure(c, "apply", Op::Apply);
 }
 
 criterion_group!(benches, append, apply);

@@ -64,6 +64,15 @@ fn cmd() -> impl Strategy<Value = Command> {
     ]
 }
 
+/// Log entries carrying `commands`, indexed from 1.
+fn numbered(commands: Vec<Command>) -> Vec<Entry> {
+    commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| command(1, i as u64 + 1, c))
+        .collect()
+}
+
 fn run(commands: Vec<Command>, batch: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -71,11 +80,7 @@ fn run(commands: Vec<Command>, batch: usize) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let entries: Vec<Entry> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| command(1, i as u64 + 1, c))
-            .collect();
+        let entries = numbered(commands);
         let (_, mut mem) = memory::new_store();
         let dir = TempDir::new().unwrap();
         let store = RedbStore::open(dir.path(), 64 << 20).unwrap();
@@ -156,11 +161,7 @@ fn scans_honour_prefix_cursor_and_limit_on_both_stores() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let entries: Vec<Entry> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| command(1, i as u64 + 1, c))
-            .collect();
+        let entries = numbered(commands);
         let (_, mut mem) = memory::new_store();
         mem.apply(entries.clone()).await.unwrap();
         let dir = TempDir::new().unwrap();

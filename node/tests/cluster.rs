@@ -17,12 +17,7 @@ const LINEARIZABLE: Consistency = Consistency::Linearizable;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_formed_through_admin_api_serve_linearizable_reads_everywhere() {
-    let mut cluster = TestCluster::new();
-    for id in 1..=3 {
-        cluster.start(id).await;
-    }
-    cluster.form(1, &[2, 3]).await;
-    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let (mut cluster, leader) = TestCluster::three_nodes().await;
     let follower = if leader == 1 { 2 } else { 1 };
 
     cluster
@@ -66,12 +61,7 @@ async fn three_nodes_formed_through_admin_api_serve_linearizable_reads_everywher
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_failover_keeps_every_acknowledged_write_and_the_old_leader_rejoins() {
-    let mut cluster = TestCluster::new();
-    for id in 1..=3 {
-        cluster.start(id).await;
-    }
-    cluster.form(1, &[2, 3]).await;
-    let old = cluster.wait_leader(&[1, 2, 3]).await;
+    let (mut cluster, old) = TestCluster::three_nodes().await;
     let writer = Writer::start(cluster.client_all(), "failover-");
     writer.wait_for_more(30).await;
 
@@ -101,11 +91,7 @@ async fn leader_failover_keeps_every_acknowledged_write_and_the_old_leader_rejoi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_nodes_restarted_from_disk_keep_data_and_membership() {
-    let mut cluster = TestCluster::new();
-    for id in 1..=3 {
-        cluster.start(id).await;
-    }
-    cluster.form(1, &[2, 3]).await;
+    let (mut cluster, _) = TestCluster::three_nodes().await;
     let client = cluster.client_all();
     let mut written = Vec::new();
     for n in 0..100 {
@@ -193,12 +179,7 @@ async fn growing_one_to_three_and_shrinking_to_one_under_writes_loses_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_stop_and_transfer_hand_leadership_to_another_voter() {
-    let mut cluster = TestCluster::new();
-    for id in 1..=3 {
-        cluster.start(id).await;
-    }
-    cluster.form(1, &[2, 3]).await;
-    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let (mut cluster, leader) = TestCluster::three_nodes().await;
     let target = if leader == 3 { 2 } else { 3 };
     // Asked of a follower: forwarded to the leader, which hands over.
     let asked = if leader == 1 { 2 } else { 1 };
@@ -230,12 +211,7 @@ async fn graceful_stop_and_transfer_hand_leadership_to_another_voter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_node_stops_and_its_data_never_rejoins() {
-    let mut cluster = TestCluster::new();
-    for id in 1..=3 {
-        cluster.start(id).await;
-    }
-    cluster.form(1, &[2, 3]).await;
-    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let (mut cluster, leader) = TestCluster::three_nodes().await;
     let victim = if leader == 3 { 2 } else { 3 };
     let admin = cluster.client(leader);
     admin

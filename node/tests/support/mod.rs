@@ -207,6 +207,17 @@ impl TestCluster {
         .await
     }
 
+    /// Nodes 1 to 3 started and formed into one cluster; returns the leader.
+    pub async fn three_nodes() -> (Self, u64) {
+        let mut cluster = TestCluster::new();
+        for id in 1..=3 {
+            cluster.start(id).await;
+        }
+        cluster.form(1, &[2, 3]).await;
+        let leader = cluster.wait_leader(&[1, 2, 3]).await;
+        (cluster, leader)
+    }
+
     /// Stops every running node gracefully.
     pub async fn stop_all(&mut self) {
         for id in self.running() {
