@@ -276,20 +276,56 @@ async fn close_when_released(mut store: RedbStore) -> Result<(), StoreError> {
     }
 }
 
+/// Whether the current leader leads this cluster without this node. A node
+/// that joins again after its data was wiped replays configurations of its
+/// earlier self that list it and then drop it; only the leader knows it is
+/// back.
+async fn leader_confirms_removal(state: &NodeState) -> bool {
+    let Some(leader) = state.raft_metrics().current_leader else {
+        return false;
+    };
+    let Some(addr) = state.client_addr_of(leader) else {
+        return false;
+    };
+    match crate::client::AspenClient::new(vec![addr])
+        .with_timeout(Duration::from_secs(3))
+        .status()
+        .await
+    {
+        Ok(status) => {
+            status.cluster_id == state.cluster_id
+                && status.role == crate::api::Role::Leader
+                && !status.membership.contains(state.id)
+        }
+        Err(_) => false,
+    }
+}
+
 /// Marks the node removed once an applied membership, after one that listed
-/// it, no longer does.
+/// it, no longer does, and the leader confirms it (each configuration is
+/// checked with the leader once).
 async fn watch_membership(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut metrics = state.raft.metrics();
     let mut was_member = false;
+    let mut checked: Option<u64> = None;
     loop {
         if let Ok(applied) = state.reader.applied_state() {
-            let membership = applied.membership.membership();
-            let listed = membership.get_node(&state.id).is_some();
-            if listed {
-                was_member = true;
-            } else if let Some(log_id) = applied.membership.log_id().filter(|_| was_member) {
-                state.mark_removed(log_id.index).await;
-                return;
+            let listed = applied
+                .membership
+                .membership()
+                .get_node(&state.id)
+                .is_some();
+            let latest_lists = state.client_addr_of(state.id).is_some();
+            match applied.membership.log_id() {
+                _ if listed => was_member = true,
+                Some(log_id) if was_member && !latest_lists && checked != Some(log_id.index) => {
+                    checked = Some(log_id.index);
+                    if leader_confirms_removal(&state).await {
+                        state.mark_removed(log_id.index).await;
+                        return;
+                    }
+                }
+                _ => {}
             }
         }
         tokio::select! {

@@ -270,6 +270,9 @@ fn storage_full_refuses_writes_keeps_reads_and_recovers_after_deletes() {
             .unwrap_or_else(|e| panic!("delete of k{key:04} refused: {e}"));
         next += 1;
     }
+    // Applied changes reach the database at the next flush; closing flushes.
+    store.close().unwrap();
+    let store = RedbStore::open(dir.path(), MIN_DB_BYTES).unwrap();
     for _ in 0..(written / 4) {
         replicate(
             &store,

@@ -45,12 +45,21 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut metrics = node.raft().metrics();
+    // Weak: a strong handle here would keep the database open past shutdown.
+    let state = std::sync::Arc::downgrade(node.state());
     // A fatal Raft error (a storage failure, say) ends the process so that it
-    // is restarted; a Raft stopped on purpose (after removal) does not.
+    // is restarted; Raft stopped on purpose, after removal, does not: the
+    // node stays up to answer that it was removed.
     let fatal = async {
         loop {
-            if let Err(fatal) = &metrics.borrow().running_state {
-                return fatal.to_string();
+            let fatal = match &metrics.borrow().running_state {
+                Err(fatal) if !state.upgrade().is_some_and(|s| s.is_removed()) => {
+                    Some(fatal.to_string())
+                }
+                _ => None,
+            };
+            if let Some(fatal) = fatal {
+                return fatal;
             }
             if metrics.changed().await.is_err() {
                 std::future::pending::<()>().await;

@@ -674,7 +674,10 @@ pub async fn transfer_leadership(
     let mut won = false;
     while Instant::now() < deadline {
         if let Err(e) = post_to(state, &target_addr, "/v1/admin/campaign", &()).await {
-            tracing::debug!(error = %e, "campaign request failed");
+            // A target that stopped answering (it is shutting down too, say)
+            // will not win: give up now rather than at the deadline.
+            tracing::info!(target, error = %e, "the transfer target does not answer");
+            break;
         }
         let wait = timeout_max.min(deadline.saturating_duration_since(Instant::now()));
         won = state

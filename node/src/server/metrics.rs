@@ -131,13 +131,13 @@ impl Metrics {
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
-                "Time to answer an HTTP request, by route.",
+                "Time to answer an HTTP request, by route and method.",
             )
             .buckets(vec![
                 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 10.0,
             ]),
-            &["route"],
+            &["route", "method"],
         )
         .expect("valid metric");
         registry
@@ -157,8 +157,8 @@ impl Metrics {
             http_requests: counter_vec(
                 r,
                 "http_requests_total",
-                "HTTP requests answered, by route and status code.",
-                &["route", "code"],
+                "HTTP requests answered, by route, method and status code.",
+                &["route", "method", "code"],
             ),
             http_duration,
             proposals,
@@ -248,12 +248,12 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         self.http_requests
-            .with_label_values(&[route, &status.to_string()])
+            .with_label_values(&[route, method, &status.to_string()])
             .inc();
         self.http_duration
-            .with_label_values(&[route])
+            .with_label_values(&[route, method])
             .observe(elapsed.as_secs_f64());
     }
 

@@ -145,9 +145,12 @@ pub async fn handle_client(state: Arc<NodeState>, req: Request<Incoming>) -> Res
         },
         Err(e) => e.into_response(),
     };
-    state
-        .metrics
-        .observe_request(route.label(), response.status().as_u16(), started.elapsed());
+    state.metrics.observe_request(
+        route.label(),
+        parts.method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 

@@ -48,7 +48,7 @@ pub async fn handle_peer(state: Arc<NodeState>, req: Request<Incoming>) -> Respo
     };
     state
         .metrics
-        .observe_request(route, response.status().as_u16(), started.elapsed());
+        .observe_request(route, "POST", response.status().as_u16(), started.elapsed());
     response
 }
 
