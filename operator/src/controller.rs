@@ -7,10 +7,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aspen_node::api::{
-    AddLearnerRequest, ChangeMembershipRequest, ErrorCode, InitRequest, RemoveLearnersRequest,
-    TransferLeaderRequest,
-};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
@@ -27,9 +23,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::crd::{AspenCluster, AspenClusterStatus, RetentionPolicy, SpecError};
-use crate::membership::{self, Operation, Plan, Record, ordinal_of};
+use crate::membership::{self, Plan, Record};
 use crate::metrics::Metrics;
-use crate::nodes::NodeAdmin;
+use crate::nodes::{self, NodeAdmin};
 use crate::observe::{Observation, observe};
 use crate::resources::{self, Names};
 use crate::status::{self, operation_from_status};
@@ -416,12 +412,14 @@ async fn execute<A: NodeAdmin>(
     let names = Names::of(cluster);
     match plan.action {
         membership::Action::Membership(op) => {
-            let result = change_membership(context, &names, observation, op).await;
+            let result =
+                nodes::change_membership(&context.admin, &names, &observation.observed, op).await;
             let label = if result.is_ok() { "ok" } else { "error" };
+            let namespace = cluster.namespace().unwrap_or_default();
             context
                 .metrics
                 .membership_changes
-                .with_label_values(&[op.kind(), label])
+                .with_label_values(&[namespace.as_str(), &cluster.name_any(), op.kind(), label])
                 .inc();
             match result {
                 Ok(()) => {
@@ -491,68 +489,6 @@ async fn execute<A: NodeAdmin>(
         }
         membership::Action::Wait(_) | membership::Action::Converged => None,
     }
-}
-
-/// Call the node API for one membership operation: on pod 0 to initialise,
-/// on the leader otherwise.
-async fn change_membership<A: NodeAdmin>(
-    context: &Context<A>,
-    names: &Names,
-    observation: &Observation,
-    op: Operation,
-) -> Result<(), String> {
-    let admin = &context.admin;
-    if let Operation::Initialize { node_id } = op {
-        let endpoint = names.client_address(ordinal_of(node_id));
-        return match admin.init(&endpoint, &InitRequest::default()).await {
-            Err(error) if error.code() != Some(ErrorCode::AlreadyInitialized) => {
-                Err(error.to_string())
-            }
-            _ => Ok(()),
-        };
-    }
-    let leader = membership::leader(&observation.observed)
-        .ok_or_else(|| "no leader to send the change to".to_owned())?;
-    let endpoint = names.client_address(ordinal_of(leader.node_id));
-    let result = match op {
-        Operation::Initialize { .. } => unreachable!("handled above"),
-        Operation::AddLearner { node_id } => {
-            let ordinal = ordinal_of(node_id);
-            let request = AddLearnerRequest {
-                node_id,
-                peer_addr: names.peer_address(ordinal),
-                client_addr: names.client_address(ordinal),
-                wait: false,
-            };
-            admin.add_learner(&endpoint, &request).await.map(drop)
-        }
-        Operation::Promote { node_id } => {
-            let request = ChangeMembershipRequest {
-                add_voters: vec![node_id],
-                ..ChangeMembershipRequest::default()
-            };
-            admin.change_membership(&endpoint, &request).await.map(drop)
-        }
-        Operation::RemoveVoter { node_id } => {
-            let request = ChangeMembershipRequest {
-                remove_voters: vec![node_id],
-                retain_as_learners: false,
-                ..ChangeMembershipRequest::default()
-            };
-            admin.change_membership(&endpoint, &request).await.map(drop)
-        }
-        Operation::RemoveLearner { node_id } => {
-            let request = RemoveLearnersRequest {
-                node_ids: vec![node_id],
-            };
-            admin.remove_learners(&endpoint, &request).await.map(drop)
-        }
-        Operation::TransferLeadership { to, .. } => {
-            let request = TransferLeaderRequest { to: Some(to) };
-            admin.transfer_leader(&endpoint, &request).await.map(drop)
-        }
-    };
-    result.map_err(|error| error.to_string())
 }
 
 /// On deletion: apply `pvcRetention.whenDeleted`. Owned objects go with the

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aspen_node::api::{
-    Member, MemberProgress, MembershipView, NodeStatus, Role as NodeRole, StorageStatus,
+    AddLearnerRequest, ChangeMembershipRequest, InitRequest, Member, MemberProgress,
+    MembershipView, NodeStatus, RemoveLearnersRequest, Role as NodeRole, StorageStatus,
+    TransferLeaderRequest,
 };
 use aspen_node::client::ClientError;
 use http::{Request, Response};
@@ -18,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::crd::AspenClusterSpec;
-use crate::membership::node_id_of;
+use crate::membership::{node_id_of, ordinal_of};
 
 pub(super) type Log = Arc<Mutex<Vec<String>>>;
 

@@ -195,7 +195,7 @@ async fn failed_membership_change_is_reported_and_retried() {
     let metrics = h.context.metrics.encode();
     assert!(
         metrics.contains(
-            r#"aspen_operator_membership_changes_total{kind="AddLearner",result="error"} 1"#
+            r#"aspen_operator_membership_changes_total{cluster="kv",kind="AddLearner",namespace="apps",result="error"} 1"#
         ),
         "{metrics}"
     );

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::membership::MAX_REPLICAS;
+use crate::membership::{MAX_REPLICAS, Retention};
 use crate::quantity::{self, QuantityError};
 
 /// The image run when the spec names none: the release matching this operator.
@@ -168,6 +168,15 @@ pub enum RetentionPolicy {
     #[default]
     Retain,
     Delete,
+}
+
+impl From<RetentionPolicy> for Retention {
+    fn from(policy: RetentionPolicy) -> Self {
+        match policy {
+            RetentionPolicy::Retain => Retention::Retain,
+            RetentionPolicy::Delete => Retention::Delete,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -1,9 +1,11 @@
 //! aspen-operator: the `AspenCluster` custom resource and the controller that
-//! turns it into StatefulSets, Services and a healthy Raft membership.
+//! turns it into StatefulSets, Services and a healthy Raft membership; and
+//! local mode, which runs the same resource as processes on one machine.
 
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod local;
 pub mod membership;
 pub mod metrics;
 pub mod nodes;

@@ -1,6 +1,8 @@
-//! `aspen-operator`: run the controller, or print the CRD.
+//! `aspen-operator`: run the controller, print the CRD, or run a manifest
+//! as local processes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use anyhow::{Context as _, bail};
 use aspen_operator::controller::{self, Context};
 use aspen_operator::crd::{self, AspenCluster};
 use aspen_operator::http;
+use aspen_operator::local::{self, Storage};
 use aspen_operator::metrics::Metrics;
 use aspen_operator::nodes::HttpNodeAdmin;
 use aspen_operator::telemetry::{self, LogFormat};
@@ -35,6 +38,31 @@ enum Command {
     /// Print the AspenCluster CustomResourceDefinition as YAML
     /// (apply it with `kubectl apply --server-side -f -`).
     Crd,
+    /// Run an AspenCluster manifest as aspen-node processes on 127.0.0.1,
+    /// with the membership planner the controller uses. Edit the manifest's
+    /// spec.replicas while it runs to scale; Ctrl-C stops the nodes, and
+    /// running it again on the same data directory resumes the cluster.
+    Local(LocalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LocalArgs {
+    /// The AspenCluster manifest: the file `kubectl apply -f` takes.
+    manifest: PathBuf,
+    /// Node data, logs, the state file, status.json and the endpoints file
+    /// [default: aspen-local/<metadata.name>].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The aspen-node binary [default: aspen-node next to this executable].
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Where nodes keep their Raft state.
+    #[arg(long, value_enum, default_value = "redb")]
+    storage: Storage,
+    /// Format of local mode's own log, on stderr (nodes log to files in
+    /// the data directory).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +114,7 @@ async fn main() -> ExitCode {
             .map(|yaml| print!("{yaml}"))
             .context("serializing the CRD"),
         Command::Run(args) => run(args).await,
+        Command::Local(args) => run_local(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,12 +128,30 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let options = local::Options {
+        manifest: args.manifest,
+        data_dir: args.data_dir,
+        node_bin: args.node_bin,
+        storage: args.storage,
+    };
+    local::run(options).await?;
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-    Api::<AspenCluster>::all(client.clone())
+    // Only what the operator watches, so a namespace-scoped install (a Role
+    // instead of a ClusterRole) passes this check too.
+    let clusters: Api<AspenCluster> = match &args.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    clusters
         .list(&ListParams::default().limit(1))
         .await
         .context("listing AspenClusters; is the CRD installed? (aspen-operator crd | kubectl apply --server-side -f -)")?;

@@ -46,9 +46,9 @@ impl Metrics {
         let membership_changes = IntCounterVec::new(
             Opts::new(
                 "membership_changes_total",
-                "Membership changes executed, by kind and result",
+                "Membership changes executed, by cluster, kind and result",
             ),
-            &["kind", "result"],
+            &["namespace", "cluster", "kind", "result"],
         )
         .expect("valid metric");
         let members = IntGaugeVec::new(
@@ -125,14 +125,14 @@ mod tests {
         metrics.failures.with_label_values(&["kube"]).inc();
         metrics
             .membership_changes
-            .with_label_values(&["AddLearner", "ok"])
+            .with_label_values(&["ns", "c", "AddLearner", "ok"])
             .inc();
         metrics.set_cluster("ns", "c", 3, 2);
         let text = metrics.encode();
         assert!(text.contains("aspen_operator_reconciles_total 1"));
         assert!(text.contains(r#"aspen_operator_reconcile_failures_total{reason="kube"} 1"#));
         assert!(text.contains(
-            r#"aspen_operator_membership_changes_total{kind="AddLearner",result="ok"} 1"#
+            r#"aspen_operator_membership_changes_total{cluster="c",kind="AddLearner",namespace="ns",result="ok"} 1"#
         ));
         assert!(
             text.contains(r#"aspen_operator_cluster_ready_members{cluster="c",namespace="ns"} 2"#)

@@ -1,19 +1,24 @@
 //! How the operator talks to nodes: the admin calls it needs, behind a trait
 //! so that the controller can be tested with a fake, implemented over the
-//! same client `aspenctl` uses; and the translation of a node's status into
-//! the planner's view.
+//! same client `aspenctl` uses; the translation of a node's status into the
+//! planner's view; and the two things both the controller and local mode do
+//! with nodes: ask each for its status, and run one membership operation.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use aspen_node::api::Role as NodeRole;
 use aspen_node::api::{
-    AddLearnerRequest, ChangeMembershipRequest, InitRequest, MembershipView, NodeStatus,
+    AddLearnerRequest, ChangeMembershipRequest, ErrorCode, InitRequest, MembershipView, NodeStatus,
     RemoveLearnersRequest, TransferLeaderRequest, TransferLeaderResponse,
 };
 use aspen_node::client::{AspenClient, ClientError};
+use futures::future::join_all;
 
-use crate::membership::{Membership, NodeView, Role};
+use crate::membership::{
+    self, Membership, NodeView, Observed, Operation, Ordinal, Role, node_id_of, ordinal_of,
+};
 
 /// The admin API of one node, addressed by its client address (`host:port`).
 /// A follower forwards membership calls to the leader.
@@ -122,6 +127,107 @@ impl NodeAdmin for HttpNodeAdmin {
     ) -> Result<TransferLeaderResponse, ClientError> {
         self.admin(endpoint).transfer_leader(request).await
     }
+}
+
+/// Where the node at each ordinal is reached: pod DNS names in Kubernetes,
+/// loopback ports in local mode.
+pub trait NodeAddresses {
+    /// Client address (`host:port`): KV, admin, health and metrics.
+    fn client_address(&self, ordinal: Ordinal) -> String;
+    /// Peer address (`host:port`): Raft RPC.
+    fn peer_address(&self, ordinal: Ordinal) -> String;
+}
+
+/// The status of the node at each of `ordinals`, asked concurrently. A node
+/// that does not answer, or answers with another node id than its ordinal's
+/// (so is not the node the planner thinks it is), is left out.
+pub async fn statuses<A: NodeAdmin>(
+    admin: &A,
+    addresses: &impl NodeAddresses,
+    ordinals: impl IntoIterator<Item = Ordinal>,
+) -> BTreeMap<Ordinal, NodeStatus> {
+    let answers = join_all(ordinals.into_iter().map(|ordinal| {
+        let endpoint = addresses.client_address(ordinal);
+        async move { (ordinal, admin.status(&endpoint).await) }
+    }))
+    .await;
+    let mut statuses = BTreeMap::new();
+    for (ordinal, answer) in answers {
+        match answer {
+            Ok(status) if status.node_id == node_id_of(ordinal) => {
+                statuses.insert(ordinal, status);
+            }
+            Ok(status) => tracing::warn!(
+                ordinal,
+                node_id = status.node_id,
+                "node reports an id that does not match its ordinal"
+            ),
+            Err(error) => tracing::debug!(ordinal, %error, "node did not answer"),
+        }
+    }
+    statuses
+}
+
+/// Call the node API for one membership operation: on ordinal 0 to
+/// initialise, on the leader `observed` shows otherwise. The error text when
+/// it failed.
+pub async fn change_membership<A: NodeAdmin>(
+    admin: &A,
+    addresses: &impl NodeAddresses,
+    observed: &Observed,
+    op: Operation,
+) -> Result<(), String> {
+    if let Operation::Initialize { node_id } = op {
+        let endpoint = addresses.client_address(ordinal_of(node_id));
+        return match admin.init(&endpoint, &InitRequest::default()).await {
+            Err(error) if error.code() != Some(ErrorCode::AlreadyInitialized) => {
+                Err(error.to_string())
+            }
+            _ => Ok(()),
+        };
+    }
+    let leader =
+        membership::leader(observed).ok_or_else(|| "no leader to send the change to".to_owned())?;
+    let endpoint = addresses.client_address(ordinal_of(leader.node_id));
+    let result = match op {
+        Operation::Initialize { .. } => unreachable!("handled above"),
+        Operation::AddLearner { node_id } => {
+            let ordinal = ordinal_of(node_id);
+            let request = AddLearnerRequest {
+                node_id,
+                peer_addr: addresses.peer_address(ordinal),
+                client_addr: addresses.client_address(ordinal),
+                wait: false,
+            };
+            admin.add_learner(&endpoint, &request).await.map(drop)
+        }
+        Operation::Promote { node_id } => {
+            let request = ChangeMembershipRequest {
+                add_voters: vec![node_id],
+                ..ChangeMembershipRequest::default()
+            };
+            admin.change_membership(&endpoint, &request).await.map(drop)
+        }
+        Operation::RemoveVoter { node_id } => {
+            let request = ChangeMembershipRequest {
+                remove_voters: vec![node_id],
+                retain_as_learners: false,
+                ..ChangeMembershipRequest::default()
+            };
+            admin.change_membership(&endpoint, &request).await.map(drop)
+        }
+        Operation::RemoveLearner { node_id } => {
+            let request = RemoveLearnersRequest {
+                node_ids: vec![node_id],
+            };
+            admin.remove_learners(&endpoint, &request).await.map(drop)
+        }
+        Operation::TransferLeadership { to, .. } => {
+            let request = TransferLeaderRequest { to: Some(to) };
+            admin.transfer_leader(&endpoint, &request).await.map(drop)
+        }
+    };
+    result.map_err(|error| error.to_string())
 }
 
 /// The planner's view of a node's status.

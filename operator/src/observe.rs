@@ -5,14 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_node::api::NodeStatus;
-use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use crate::crd::{AspenCluster, RetentionPolicy};
-use crate::membership::{self, Observed, Ordinal, PodState, Record, Retention};
+use crate::crd::AspenCluster;
+use crate::membership::{Observed, Ordinal, PodState, Record};
 use crate::nodes::{self, NodeAdmin};
 use crate::resources::{self, Names};
 
@@ -68,27 +67,7 @@ pub async fn observe<A: NodeAdmin>(
         .filter(|(_, state)| state.running)
         .map(|(ordinal, _)| *ordinal)
         .collect();
-    let answers = join_all(running.iter().map(|&ordinal| {
-        let endpoint = names.client_address(ordinal);
-        async move { (ordinal, admin.status(&endpoint).await) }
-    }))
-    .await;
-    let mut statuses = BTreeMap::new();
-    for (ordinal, answer) in answers {
-        match answer {
-            // A pod whose node reports another id is not the node the
-            // planner thinks it is; treat it as not answering.
-            Ok(status) if status.node_id == membership::node_id_of(ordinal) => {
-                statuses.insert(ordinal, status);
-            }
-            Ok(status) => tracing::warn!(
-                ordinal,
-                node_id = status.node_id,
-                "node reports an id that does not match its pod's ordinal"
-            ),
-            Err(error) => tracing::debug!(ordinal, %error, "node did not answer"),
-        }
-    }
+    let statuses = nodes::statuses(admin, &names, running).await;
 
     let observed = Observed {
         desired_replicas: cluster
@@ -99,10 +78,7 @@ pub async fn observe<A: NodeAdmin>(
         pods,
         nodes: statuses.iter().map(|(o, s)| (*o, nodes::view(s))).collect(),
         volumes,
-        when_scaled: match cluster.spec.pvc_retention.when_scaled {
-            RetentionPolicy::Retain => Retention::Retain,
-            RetentionPolicy::Delete => Retention::Delete,
-        },
+        when_scaled: cluster.spec.pvc_retention.when_scaled.into(),
         record,
     };
     Ok(Observation { observed, statuses })

@@ -22,6 +22,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{AspenCluster, CLIENT_PORT, NODE_CONTAINER, PEER_PORT, SpecError};
 use crate::membership::{Ordinal, quorum};
+use crate::nodes::NodeAddresses;
 
 /// Where the node keeps its database, on the volume.
 pub const DATA_DIR: &str = "/var/lib/aspen";
@@ -112,6 +113,16 @@ impl Names {
     /// that retained volumes can be adopted by a cluster of the same name.
     pub fn cluster_id(&self) -> String {
         format!("{}/{}", self.namespace, self.cluster)
+    }
+}
+
+impl NodeAddresses for Names {
+    fn client_address(&self, ordinal: Ordinal) -> String {
+        Names::client_address(self, ordinal)
+    }
+
+    fn peer_address(&self, ordinal: Ordinal) -> String {
+        Names::peer_address(self, ordinal)
     }
 }
 
