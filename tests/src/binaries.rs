@@ -3,8 +3,10 @@
 //! A test executable lives in `target/<profile>/deps/`; the workspace's
 //! binaries are in `target/<profile>/`, one level up. `cargo nextest run
 //! --workspace` and `cargo test --workspace` build them before running any
-//! test; `cargo test -p aspen-tests` alone does not, so a missing binary
-//! fails with the command that builds it. `ASPEN_BIN_DIR` points elsewhere
+//! test, because Cargo builds a package's binaries for its integration tests
+//! and both `aspen-node` and `aspen-operator` have some (`node/tests/`,
+//! `operator/tests/`). `cargo test -p aspen-tests` alone does not, so a
+//! missing binary fails with the command that builds it. `ASPEN_BIN_DIR` points elsewhere
 //! (a release build, say).
 
 use std::path::PathBuf;
