@@ -353,3 +353,59 @@ impl TestCluster {
             .unwrap();
     }
 }
+
+/// The value of metric `name` in Prometheus text, from the series carrying
+/// every label in `labels` (`key="value"`); panics when there is none.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name && labels.iter().all(|l| series_labels.contains(l));
+            matches.then(|| value.parse().expect("a numeric sample"))
+        })
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_proposals_fsyncs_and_requests() {
+    let (mut cluster, leader) = TestCluster::three_nodes().await;
+    let client = cluster.client(leader);
+    for i in 0..10 {
+        client.put(&format!("key-{i}"), "value").await.unwrap();
+    }
+    let (status, metrics) = client.get_text("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let node = format!(r#"node_id="{leader}""#);
+    let value = |name: &str, labels: &[&str]| {
+        let mut labels = labels.to_vec();
+        labels.push(&node);
+        sample(&metrics, name, &labels)
+    };
+    assert_eq!(value("aspen_raft_role", &[r#"role="leader""#]), 1.0);
+    assert_eq!(value("aspen_raft_role", &[r#"role="follower""#]), 0.0);
+    assert_eq!(value("aspen_raft_leader_id", &[]), leader as f64);
+    assert!(value("aspen_raft_term", &[]) >= 1.0);
+    assert_eq!(value("aspen_raft_voters", &[]), 3.0);
+    assert_eq!(
+        value("aspen_proposals_total", &[r#"outcome="committed""#]),
+        10.0
+    );
+    // Every append is a durable commit, so the writes made some; each took time.
+    assert!(value("aspen_storage_durable_commits_total", &[]) >= 1.0);
+    assert!(value("aspen_storage_durable_commit_seconds_total", &[]) > 0.0);
+    assert!(value("aspen_storage_live_bytes", &[]) > 0.0);
+    assert!(value("aspen_storage_max_bytes", &[]) > 0.0);
+    let puts = [
+        r#"method="PUT""#,
+        r#"route="/v1/kv/{key}""#,
+        r#"code="200""#,
+    ];
+    assert_eq!(value("aspen_http_requests_total", &puts), 10.0);
+    assert_eq!(
+        value("aspen_http_request_duration_seconds_count", &puts[..2]),
+        10.0
+    );
+    cluster.stop_all().await;
+}

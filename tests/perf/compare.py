@@ -167,17 +167,19 @@ def bench(bin_dir, target, endpoints, clients, read_percent, preload, duration):
 
 
 def leader_metrics(endpoints):
-    """The leader's durable commits and committed proposals."""
+    """The leader's durable commits, the time they took, and committed proposals."""
     for endpoint in endpoints:
         with urllib.request.urlopen(f"http://{endpoint}/v1/admin/status", timeout=2) as r:
             status = json.load(r)
         if status["role"] == "leader":
             with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=2) as r:
                 text = r.read().decode()
-            values = {"fsyncs": 0.0, "writes": 0.0}
+            values = {"fsyncs": 0.0, "fsync_seconds": 0.0, "writes": 0.0}
             for line in text.splitlines():
                 if line.startswith("aspen_storage_durable_commits_total"):
                     values["fsyncs"] = float(line.split()[-1])
+                if line.startswith("aspen_storage_durable_commit_seconds_total"):
+                    values["fsync_seconds"] = float(line.split()[-1])
                 if line.startswith("aspen_proposals_total") and 'outcome="committed"' in line:
                     values["writes"] = float(line.split()[-1])
             return values
@@ -253,9 +255,12 @@ def main():
                     if before is not None:
                         after = leader_metrics(endpoints)
                         writes = after["writes"] - before["writes"]
-                        row["fsyncs_per_write"] = (after["fsyncs"] - before["fsyncs"]) / writes if writes else None
+                        fsyncs = after["fsyncs"] - before["fsyncs"]
+                        row["fsyncs_per_write"] = fsyncs / writes if writes else None
+                        row["leader_commit_ms"] = 1000 * (after["fsync_seconds"] - before["fsync_seconds"]) / fsyncs if fsyncs else None
                     results.append(row)
-                    print(f"{system:5} {workload:16} {n:4} clients: {row['throughput_per_sec']:9.0f}/s  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
+                    commit = f"  leader commit {row['leader_commit_ms']:.2f} ms, {row['fsyncs_per_write']:.3f} per write" if row.get("leader_commit_ms") else ""
+                    print(f"{system:5} {workload:16} {n:4} clients: {row['throughput_per_sec']:9.0f}/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}{commit}", flush=True)
             procs.stop_all()
         endpoints = start_aspen(procs, work, args.bin_dir, "memory")
         memory = bench(args.bin_dir, "aspen", endpoints, storage_clients, 0, False, args.duration)

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::storage::StorageUsage;
@@ -74,6 +74,7 @@ pub struct Metrics {
     max_bytes: IntGauge,
     live_bytes: IntGauge,
     durable_commits: IntCounter,
+    durable_commit_seconds: Counter,
     snapshot_builds: IntCounter,
     snapshot_installs: IntCounter,
     /// Storage counters as last exported, to advance the Prometheus counters by the difference.
@@ -92,6 +93,14 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn float_counter(registry: &Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::new(name, help).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
         .expect("unique metric");
@@ -237,6 +246,11 @@ impl Metrics {
                 "storage_durable_commits_total",
                 "Durable commits (fsyncs) of the database.",
             ),
+            durable_commit_seconds: float_counter(
+                r,
+                "storage_durable_commit_seconds_total",
+                "Time spent in durable commits of the database, fsync included.",
+            ),
             snapshot_builds: counter(r, "snapshot_builds_total", "Snapshots built."),
             snapshot_installs: counter(
                 r,
@@ -314,6 +328,12 @@ impl Metrics {
             usage
                 .durable_commits
                 .saturating_sub(exported.durable_commits),
+        );
+        self.durable_commit_seconds.inc_by(
+            usage
+                .durable_commit_micros
+                .saturating_sub(exported.durable_commit_micros) as f64
+                / 1e6,
         );
         self.snapshot_builds.inc_by(
             usage

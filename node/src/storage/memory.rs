@@ -416,6 +416,7 @@ impl KvReader for MemReader {
             max_bytes: u64::MAX,
             live_bytes: sm.data_bytes,
             durable_commits: 0,
+            durable_commit_micros: 0,
             snapshots_built: self.snapshots_built.load(Ordering::Relaxed),
             snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
         }

@@ -62,6 +62,9 @@ pub struct StorageUsage {
     pub live_bytes: u64,
     /// Durable commits (fsyncs of the database file) since the store opened.
     pub durable_commits: u64,
+    /// Time those commits took, in microseconds: with `durable_commits`, the
+    /// mean latency of the disk's fsync as the node sees it.
+    pub durable_commit_micros: u64,
     /// Snapshots built since the store opened.
     pub snapshots_built: u64,
     /// Snapshots installed (received from a leader) since the store opened.

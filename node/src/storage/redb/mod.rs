@@ -35,6 +35,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ::redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, WriteTransaction,
@@ -66,6 +67,8 @@ struct Inner {
     /// every write until the database is reopened.
     full: AtomicBool,
     durable_commits: AtomicU64,
+    /// Time spent in durable commits, in microseconds.
+    durable_commit_micros: AtomicU64,
     snapshots_built: AtomicU64,
     snapshots_installed: AtomicU64,
     log_bytes: AtomicU64,
@@ -145,6 +148,7 @@ impl RedbStore {
                 stat_file,
                 full: AtomicBool::new(false),
                 durable_commits: AtomicU64::new(0),
+                durable_commit_micros: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
                 log_bytes: AtomicU64::new(log_bytes),
@@ -341,9 +345,14 @@ impl RedbStore {
 
     /// Commits `txn`; `durable` says whether it was begun with an fsync.
     pub(super) fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        let started = Instant::now();
         txn.commit().map_err(|e| self.error("commit", e))?;
         if durable {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.inner.durable_commits.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .durable_commit_micros
+                .fetch_add(micros, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -534,6 +543,7 @@ impl KvReader for RedbStore {
             live_bytes: self.inner.log_bytes.load(Ordering::Relaxed)
                 + self.inner.data_bytes.load(Ordering::Relaxed),
             durable_commits: self.inner.durable_commits.load(Ordering::Relaxed),
+            durable_commit_micros: self.inner.durable_commit_micros.load(Ordering::Relaxed),
             snapshots_built: self.inner.snapshots_built.load(Ordering::Relaxed),
             snapshots_installed: self.inner.snapshots_installed.load(Ordering::Relaxed),
         }

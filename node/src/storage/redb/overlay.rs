@@ -8,7 +8,12 @@
 //! instead of 0.4 ms. So applied changes collect in this overlay and are
 //! written in one transaction at most every `FLUSH_INTERVAL`, or when the
 //! overlay holds `FLUSH_MAX_KEYS` keys or `FLUSH_MAX_BYTES`, before a snapshot
-//! is built, and when the store closes. Each flush writes the changes together
+//! is built, and when the store closes. A flush still rides along in the next
+//! log fsync, with one B-tree page per key it touched: the longer the
+//! interval, the more writes to the same pages it folds. At 64 clients over
+//! 10 000 keys, going from 100 ms to 1 s cut the leader's mean log commit
+//! from 3.3 ms to 2.3 ms and raised throughput by a quarter; a crash costs at
+//! most that much more re-applying from the log at start. Each flush writes the changes together
 //! with `last_applied`, so the stored state machine is always that of a whole
 //! number of applied batches.
 //!
@@ -30,7 +35,7 @@ use crate::storage::{StoreError, codec};
 use crate::types::Versioned;
 
 /// Longest time applied changes stay only in memory while writes continue.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Most keys the overlay holds before it is written out.
 pub const FLUSH_MAX_KEYS: usize = 4096;
 /// Most value bytes the overlay holds before it is written out.
