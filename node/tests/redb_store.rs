@@ -117,8 +117,9 @@ async fn appended_entries_are_not_applied_until_asked() {
 /// Environment variable that turns this test binary into the crash victim.
 const CRASH_CHILD_DIR: &str = "ASPEN_TEST_CRASH_CHILD_DIR";
 
-/// Run by `appended_entries_survive_sigkill` in a child process: appends and
-/// applies in a loop, reporting each durable append on stdout, until killed.
+/// Run by `appended_entries_survive_sigkill` in a child process: as Raft
+/// does, reports the previous entry committed, appends and applies in a loop,
+/// reporting each durable append on stdout, until killed.
 #[tokio::test]
 async fn crash_child() {
     let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
@@ -129,6 +130,11 @@ async fn crash_child() {
     let mut stdout = std::io::stdout();
     for index in 1.. {
         let entry = put(1, index, &format!("k{index:06}"), "v");
+        if index > 1 {
+            log.save_committed(Some(log_id(1, index - 1)))
+                .await
+                .unwrap();
+        }
         log.blocking_append([entry.clone()]).await.unwrap();
         writeln!(stdout, "appended {index}").unwrap();
         stdout.flush().unwrap();
@@ -164,10 +170,18 @@ fn appended_entries_survive_sigkill() {
     assert!(acknowledged >= 200, "child stopped early at {acknowledged}");
 
     let store = RedbStore::open(dir.path(), MAX_BYTES).expect("reopen after SIGKILL");
-    let txn_entries = futures::executor::block_on(async {
+    let (txn_entries, committed) = futures::executor::block_on(async {
         let (mut log, _) = store.raft_storage();
-        log.try_get_log_entries(1..=acknowledged).await.unwrap()
+        let entries = log.try_get_log_entries(1..=acknowledged).await.unwrap();
+        (entries, log.read_committed().await.unwrap())
     });
+    // The committed id travels with the next append: the one reported before
+    // the last acknowledged append is on disk, and it never runs past the log.
+    let committed = committed.expect("a committed id survives").index;
+    assert!(
+        (acknowledged - 1..=acknowledged + 1).contains(&committed),
+        "committed {committed} after {acknowledged} acknowledged appends"
+    );
     assert_eq!(
         txn_entries.len() as u64,
         acknowledged,

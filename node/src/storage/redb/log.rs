@@ -6,6 +6,13 @@
 //! writes run on the calling task (`run_inline`) rather than hopping to a
 //! writer thread that could never batch them; concurrent client writes share
 //! an append because the node batches proposals (`server::batcher`).
+//!
+//! The committed log id openraft reports after every replication round is
+//! kept in memory and written with the next append (or at close) instead of
+//! in a transaction of its own: every transaction's pages are written by the
+//! next fsync, so a commit per round made each log fsync write more. A crash
+//! can only leave an older committed id on disk, which is still committed;
+//! openraft learns the rest from the leader.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -79,6 +86,10 @@ impl RedbStore {
     /// operation behind `RaftLogStorage::append`.
     pub fn append_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let txn = self.begin_write(true)?;
+        let committed = self.unsaved_committed();
+        if let Some(committed) = committed {
+            self.write_committed(&txn, committed)?;
+        }
         let (mut added, mut removed) = (0u64, 0u64);
         {
             let mut table = txn
@@ -96,6 +107,9 @@ impl RedbStore {
             }
         }
         self.commit(txn, true)?;
+        if let Some(committed) = committed {
+            self.saved_committed(committed);
+        }
         self.adjust_log_bytes(added, removed);
         Ok(())
     }
@@ -120,6 +134,55 @@ impl RedbStore {
         Ok(removed)
     }
 
+    fn unsaved_committed(&self) -> Option<Option<LogId>> {
+        *self
+            .inner
+            .unsaved_committed
+            .lock()
+            .expect("committed lock poisoned")
+    }
+
+    /// Forgets the unsaved committed id once `saved` is in the file, unless a
+    /// newer one arrived meanwhile.
+    fn saved_committed(&self, saved: Option<LogId>) {
+        let mut unsaved = self
+            .inner
+            .unsaved_committed
+            .lock()
+            .expect("committed lock poisoned");
+        if *unsaved == Some(saved) {
+            *unsaved = None;
+        }
+    }
+
+    fn write_committed(
+        &self,
+        txn: &WriteTransaction,
+        committed: Option<LogId>,
+    ) -> Result<(), StoreError> {
+        let bytes = committed.as_ref().map(codec::encode_log_id);
+        self.set_raft_meta(txn, KEY_COMMITTED, bytes.as_deref())
+    }
+
+    /// Writes the committed id still held in memory, durably; at close.
+    pub(super) fn save_unsaved_committed(&self) -> Result<(), StoreError> {
+        let Some(committed) = self.unsaved_committed() else {
+            return Ok(());
+        };
+        let txn = self.begin_write(true)?;
+        self.write_committed(&txn, committed)?;
+        self.commit(txn, true)?;
+        self.saved_committed(committed);
+        Ok(())
+    }
+
+    fn read_committed(&self) -> Result<Option<LogId>, StoreError> {
+        match self.unsaved_committed() {
+            Some(committed) => Ok(committed),
+            None => self.read_raft_log_id(KEY_COMMITTED),
+        }
+    }
+
     fn put_raft_meta(
         &self,
         txn: &WriteTransaction,
@@ -135,26 +198,30 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Writes one Raft metadata record (`None` removes it) in its own commit.
-    fn save_raft_meta(
+    /// Writes one Raft metadata record (`None` removes it) in `txn`.
+    fn set_raft_meta(
         &self,
+        txn: &WriteTransaction,
         key: &'static str,
-        value: Option<Vec<u8>>,
-        durable: bool,
+        value: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let txn = self.begin_write(durable)?;
-        match value {
-            Some(value) => self.put_raft_meta(&txn, key, &value)?,
-            None => {
-                let mut table = txn
-                    .open_table(RAFT_META)
-                    .map_err(|e| self.error("open raft_meta", e))?;
-                table
-                    .remove(key)
-                    .map_err(|e| self.error("write raft_meta", e))?;
-            }
-        }
-        self.commit(txn, durable)
+        let Some(value) = value else {
+            let mut table = txn
+                .open_table(RAFT_META)
+                .map_err(|e| self.error("open raft_meta", e))?;
+            table
+                .remove(key)
+                .map_err(|e| self.error("write raft_meta", e))?;
+            return Ok(());
+        };
+        self.put_raft_meta(txn, key, value)
+    }
+
+    /// Writes one Raft metadata record in its own durable commit.
+    fn save_raft_meta(&self, key: &'static str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.begin_write(true)?;
+        self.put_raft_meta(&txn, key, value)?;
+        self.commit(txn, true)
     }
 
     /// Removes entries from `index` onward, durably.
@@ -267,7 +334,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = codec::encode_vote(vote);
-        run_inline(|| self.store.save_raft_meta(KEY_VOTE, Some(bytes), true))
+        run_inline(|| self.store.save_raft_meta(KEY_VOTE, &bytes))
             .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
@@ -278,15 +345,19 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let bytes = committed.as_ref().map(codec::encode_log_id);
-        // Not fsynced: losing it in a crash only means re-applying less at start.
-        run_inline(|| self.store.save_raft_meta(KEY_COMMITTED, bytes, false))
-            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
+        // Written with the next append or at close (see the module's notes).
+        *self
+            .store
+            .inner
+            .unsaved_committed
+            .lock()
+            .expect("committed lock poisoned") = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         self.store
-            .read_raft_log_id(KEY_COMMITTED)
+            .read_committed()
             .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))
     }
 

@@ -47,7 +47,7 @@ use self::state_machine::SmMeta;
 pub use self::state_machine::{RedbSnapshotBuilder, RedbStateMachine};
 use super::{AppliedState, Identity, KvReader, StorageUsage, StoreError, codec, scan_start};
 use crate::limits::MIN_DB_BYTES;
-use crate::types::Versioned;
+use crate::types::{LogId, Versioned};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "aspen.redb";
@@ -72,6 +72,9 @@ struct Inner {
     snapshots_built: AtomicU64,
     snapshots_installed: AtomicU64,
     log_bytes: AtomicU64,
+    /// A committed log id openraft reported and the file does not hold yet
+    /// (see `log`): `Some(None)` records that it was cleared.
+    unsaved_committed: Mutex<Option<Option<LogId>>>,
     /// Applied changes not yet written to the database (see `overlay`).
     overlay: Mutex<Overlay>,
     data_bytes: AtomicU64,
@@ -152,6 +155,7 @@ impl RedbStore {
                 snapshots_built: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
                 log_bytes: AtomicU64::new(log_bytes),
+                unsaved_committed: Mutex::new(None),
                 data_bytes: AtomicU64::new(sm_meta.data_bytes),
                 overlay: Mutex::new(Overlay::new(sm_meta)),
                 snapshot_seq: AtomicU64::new(0),
@@ -199,6 +203,7 @@ impl RedbStore {
         } else {
             let mut overlay = self.overlay();
             self.flush_overlay(&mut overlay, true)
+                .and_then(|()| self.save_unsaved_committed())
         };
         let inner = Arc::try_unwrap(self.inner).map_err(|inner| RedbStore { inner })?;
         Ok(flushed.and_then(|()| close_database(inner)))
