@@ -22,12 +22,7 @@ pub enum StorageKind {
     Memory,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 /// Configuration of one node.
 #[derive(Debug, Clone, clap::Args)]

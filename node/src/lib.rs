@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod limits;
+pub mod logging;
 pub mod network;
 pub mod node;
 pub mod server;

@@ -8,11 +8,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use aspen_node::config::{LogFormat, NodeConfig};
+use aspen_node::config::NodeConfig;
+use aspen_node::logging;
 use aspen_node::node::bootstrap_node;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 /// Run one member of an Aspen cluster.
 ///
@@ -24,19 +24,6 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     #[command(flatten)]
     config: NodeConfig,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ASPEN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -81,7 +68,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.config.log_format);
+    logging::init(args.config.log_format, "ASPEN_LOG", "info,openraft=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
