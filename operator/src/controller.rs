@@ -17,12 +17,12 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as Finalized};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::crd::{AspenCluster, AspenClusterStatus, RetentionPolicy, SpecError};
+use crate::crd::{AspenCluster, AspenClusterStatus, MemberRole, RetentionPolicy, SpecError};
 use crate::membership::{self, Plan, Record};
 use crate::metrics::Metrics;
 use crate::nodes::{self, NodeAdmin};
@@ -141,30 +141,43 @@ pub async fn run<A: NodeAdmin>(context: Arc<Context<A>>, namespace: Option<&str>
         }
     }
     let owned = watcher::Config::default().labels(MANAGED_BY);
-    Controller::new(
+    // Only spec changes (a new generation; marking for deletion bumps it too)
+    // and finalizer changes trigger a reconcile: the operator's own status
+    // patches, which change on almost every pass (member lag), must not, or
+    // it would reconcile in a loop instead of on its requeue timer.
+    let (reader, writer) = reflector::store();
+    let clusters = watcher(
         api::<AspenCluster>(&client, namespace),
         watcher::Config::default().any_semantic(),
     )
-    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-    .owns(api::<Service>(&client, namespace), owned.clone())
-    .owns(api::<ConfigMap>(&client, namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, namespace),
-        owned.clone(),
-    )
-    // Pods are owned by the StatefulSet, not by the cluster: map by label.
-    .watches(api::<Pod>(&client, namespace), owned, |pod| {
-        let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
-        Some(ObjectRef::<AspenCluster>::new(&cluster).within(&pod.namespace()?))
-    })
-    .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-            Err(error) => tracing::warn!(%error, "reconcile failed"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
+    Controller::for_stream(clusters, reader)
+        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(
+            api::<PodDisruptionBudget>(&client, namespace),
+            owned.clone(),
+        )
+        // Pods are owned by the StatefulSet, not by the cluster: map by label.
+        .watches(api::<Pod>(&client, namespace), owned, |pod| {
+            let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<AspenCluster>::new(&cluster).within(&pod.namespace()?))
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::warn!(%error, "reconcile failed"),
+            }
+        })
+        .await;
 }
 
 /// One reconcile of one cluster.
@@ -366,10 +379,21 @@ async fn apply_owned<A>(
     let client = &context.client;
     let config = resources::config_map(cluster)?;
     let hash = resources::config_hash(&config);
-    let voters = membership::leader(observed).map_or(0, |l| l.membership.voters.len());
-    let budget_voters = u32::try_from(voters)
-        .unwrap_or(u32::MAX)
-        .max(observed.desired_replicas);
+    // Sized from the voters Raft has, never from the spec: while a cluster
+    // grows, its new pods are learners and count for nothing in a quorum.
+    // Without a leader to ask, the voters last recorded in status.
+    let voters = membership::leader(observed).map_or_else(
+        || {
+            cluster.status.as_ref().map_or(0, |s| {
+                s.members
+                    .iter()
+                    .filter(|m| m.role == MemberRole::Voter)
+                    .count()
+            })
+        },
+        |l| l.membership.voters.len(),
+    );
+    let budget_voters = u32::try_from(voters).unwrap_or(u32::MAX);
     let replicas = match plan.action {
         membership::Action::ScaleStatefulSet { replicas } => replicas,
         _ => observed.statefulset_replicas,

@@ -55,8 +55,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Out of file descriptors and the like: keep serving.
+                // Out of file descriptors and the like: keep serving, after
+                // a pause rather than in a tight loop.
                 tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
