@@ -20,6 +20,10 @@ use serde::Serialize;
 
 use crate::client::{HttpClient, encode_component, http_client};
 use crate::ctl::Output;
+use crate::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+/// Longest wait for one response before it counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -163,10 +167,10 @@ impl Workload {
 
     /// Sends one request; `Err` names the kind of failure.
     async fn send(&self, client: u32, n: u64, read: bool) -> Result<(), String> {
-        let response = self
-            .http
-            .request(self.request(client, n, read))
+        let request = self.http.request(self.request(client, n, read));
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request)
             .await
+            .map_err(|_| "timeout".to_owned())?
             .map_err(|e| {
                 if e.is_connect() {
                     "connect".to_owned()
@@ -243,7 +247,24 @@ fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 pub async fn measure(endpoints: &[String], args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
-    anyhow::ensure!(args.key_bytes >= 8, "--key-bytes must be at least 8");
+    anyhow::ensure!(
+        (8..=MAX_KEY_BYTES).contains(&args.key_bytes),
+        "--key-bytes must be between 8 and {MAX_KEY_BYTES}"
+    );
+    anyhow::ensure!(
+        args.value_bytes <= MAX_VALUE_BYTES,
+        "--value-bytes must be at most {MAX_VALUE_BYTES}"
+    );
+    // Keys are "k" and a zero-padded number: the number must fit.
+    let key_digits = u32::try_from(args.key_bytes - 1).unwrap_or(u32::MAX);
+    anyhow::ensure!(
+        10u64
+            .checked_pow(key_digits)
+            .is_none_or(|room| args.keys <= room),
+        "--keys {} do not fit in --key-bytes {}: raise --key-bytes",
+        args.keys,
+        args.key_bytes
+    );
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
     let workload = Arc::new(Workload {
         target: args.target,
@@ -430,12 +451,45 @@ pub async fn run(
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report_table(&report)),
     }
+    if report.succeeded == 0 {
+        eprintln!("aspenctl bench: no request succeeded; see the errors above");
+        return Ok(std::process::ExitCode::FAILURE);
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(extra.iter().copied());
+        <Cli as clap::Parser>::parse_from(argv).bench
+    }
+
+    #[tokio::test]
+    async fn sizes_are_checked_before_anything_is_sent() {
+        let endpoints = ["127.0.0.1:1".to_owned()];
+        for (extra, expected) in [
+            (&["--key-bytes", "5000"][..], "--key-bytes must be between"),
+            (
+                &["--value-bytes", "2000000"][..],
+                "--value-bytes must be at most",
+            ),
+            (
+                &["--key-bytes", "8", "--keys", "100000000"][..],
+                "do not fit",
+            ),
+        ] {
+            let error = measure(&endpoints, args(extra)).await.unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {

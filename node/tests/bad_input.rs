@@ -256,6 +256,13 @@ async fn bad_requests_get_4xx_json_errors_and_the_node_keeps_serving() {
         .await;
     assert_eq!(status, 404);
 
+    // Any token is a method to HTTP; each must not become a metrics series.
+    for method in ["BREW", "WHEN"] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        raw.expect(method, "/v1/kv/k", "", 405, MethodNotAllowed)
+            .await;
+    }
+
     // After all that, the node serves as before.
     let client = cluster.client(1);
     client.put("still", "serving").await.unwrap();
@@ -270,5 +277,10 @@ async fn bad_requests_get_4xx_json_errors_and_the_node_keeps_serving() {
         metrics.contains(r#"aspen_http_requests_total{code="413""#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"code="405",method="other""#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("BREW") && !metrics.contains("WHEN"));
     cluster.stop_all().await;
 }

@@ -123,6 +123,16 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
+/// The method as a label: clients may send any token as a method, and each
+/// new label value would be a new series kept forever.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -263,6 +273,7 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         self.http_requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();

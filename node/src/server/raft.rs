@@ -41,14 +41,18 @@ fn malformed(e: postcard::Error) -> Response<Body> {
 pub async fn handle_peer(state: Arc<NodeState>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let response = serve(&state, req).await;
     let route = match path.as_str() {
         APPEND_PATH | VOTE_PATH | SNAPSHOT_PATH => path.as_str(),
         _ => "unmatched",
     };
-    state
-        .metrics
-        .observe_request(route, "POST", response.status().as_u16(), started.elapsed());
+    state.metrics.observe_request(
+        route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 

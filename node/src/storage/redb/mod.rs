@@ -13,13 +13,15 @@
 //! `sm_meta` (last applied, last membership, data bytes) and `snapshot_meta`.
 //!
 //! Transactions: one `append` call is one durable commit, however many entries
-//! it carries; one applied batch is one commit of its entries together with the
-//! new `last_applied`; a purge removes entries and moves the purge marker in
-//! one commit; a snapshot install replaces the data, the applied state and the
-//! snapshot record in one commit. Applied batches and `committed` are committed
-//! without an fsync: the log is durable, openraft re-applies committed entries
-//! after a restart, and every later durable commit (the next append, a purge,
-//! a snapshot) makes them durable too, in order.
+//! it carries, and carries the latest committed log id with it (`log`);
+//! applied batches collect in memory and are written, with their
+//! `last_applied`, in one commit per flush of the overlay (`overlay`); a purge
+//! removes entries and moves the purge marker in one commit; a snapshot
+//! install replaces the data, the applied state and the snapshot record in
+//! one commit. Overlay flushes are committed without an fsync: the log is
+//! durable, openraft re-applies committed entries after a restart, and the
+//! next durable commit (an append, a purge, a snapshot) makes them durable
+//! too, in order.
 
 mod backend;
 mod log;

@@ -150,9 +150,14 @@ impl RedbStore {
     /// Applies `entries` as one batch: the operation behind
     /// `RaftStateMachine::apply`. On error nothing of the batch is applied.
     /// The result is visible to reads at once and reaches the database with
-    /// the next flush of the overlay.
+    /// the next flush of the overlay, which runs here, before a batch, when
+    /// it is due: a failed flush then fails the batch before it changes
+    /// anything.
     pub fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StoreError> {
         let mut overlay = self.overlay();
+        if overlay.due() {
+            self.flush_overlay(&mut overlay, false)?;
+        }
         if let (Some(previous), Some(first)) = (overlay.meta.last_applied, entries.first()) {
             assert!(
                 first.log_id.index > previous.index,
@@ -193,9 +198,6 @@ impl RedbStore {
         meta.data_bytes = staged.data_bytes;
         let data_bytes = meta.data_bytes;
         overlay.absorb(staged, meta);
-        if overlay.due() {
-            self.flush_overlay(&mut overlay, false)?;
-        }
         self.set_data_bytes(data_bytes);
         Ok(responses)
     }
