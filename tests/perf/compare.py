@@ -117,10 +117,11 @@ def start_etcd(procs, work):
 def aspenctl(bin_dir, endpoints, *args):
     out = subprocess.run(
         [str(bin_dir / "aspenctl"), "--endpoints", ",".join(endpoints), *args],
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        raise SystemExit(f"aspenctl {' '.join(args)} failed:\n{out.stderr}")
     return out.stdout
 
 
@@ -167,14 +168,16 @@ def bench(bin_dir, target, endpoints, clients, read_percent, preload, duration):
 
 
 def leader_metrics(endpoints):
-    """The leader's durable commits, the time they took, and committed proposals."""
+    """The leader's durable commits, the time they took, and committed
+    proposals, with its endpoint and term (to tell whether a run kept one
+    leader throughout)."""
     for endpoint in endpoints:
         with urllib.request.urlopen(f"http://{endpoint}/v1/admin/status", timeout=2) as r:
             status = json.load(r)
         if status["role"] == "leader":
             with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=2) as r:
                 text = r.read().decode()
-            values = {"fsyncs": 0.0, "fsync_seconds": 0.0, "writes": 0.0}
+            values = {"leader": (endpoint, status["term"]), "fsyncs": 0.0, "fsync_seconds": 0.0, "writes": 0.0}
             for line in text.splitlines():
                 if line.startswith("aspen_storage_durable_commits_total"):
                     values["fsyncs"] = float(line.split()[-1])
@@ -223,6 +226,8 @@ def main():
     parser.add_argument("--clients", default="1,16,64,256")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that `finally` stops every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if shutil.which("etcd") is None:
         raise SystemExit("etcd is not installed (apt-get install -y etcd-server etcd-client)")
     for binary in ("aspen-node", "aspenctl"):
@@ -252,14 +257,18 @@ def main():
                         "p99_ms": report["latency_ms"]["p99"],
                         "errors": sum(report["errors"].values()),
                     }
-                    if before is not None:
-                        after = leader_metrics(endpoints)
+                    after = leader_metrics(endpoints) if before is not None else None
+                    if after is not None and after["leader"] != before["leader"]:
+                        print(f"leadership moved during the run ({before['leader']} -> {after['leader']}): no fsync figures")
+                    elif after is not None:
                         writes = after["writes"] - before["writes"]
                         fsyncs = after["fsyncs"] - before["fsyncs"]
                         row["fsyncs_per_write"] = fsyncs / writes if writes else None
                         row["leader_commit_ms"] = 1000 * (after["fsync_seconds"] - before["fsync_seconds"]) / fsyncs if fsyncs else None
                     results.append(row)
-                    commit = f"  leader commit {row['leader_commit_ms']:.2f} ms, {row['fsyncs_per_write']:.3f} per write" if row.get("leader_commit_ms") else ""
+                    commit = ""
+                    if row.get("leader_commit_ms") is not None and row.get("fsyncs_per_write") is not None:
+                        commit = f"  leader commit {row['leader_commit_ms']:.2f} ms, {row['fsyncs_per_write']:.3f} per write"
                     print(f"{system:5} {workload:16} {n:4} clients: {row['throughput_per_sec']:9.0f}/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}{commit}", flush=True)
             procs.stop_all()
         endpoints = start_aspen(procs, work, args.bin_dir, "memory")
@@ -269,6 +278,10 @@ def main():
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
+
+    out = {"machine": {"cpus": os.cpu_count()}, "duration_secs": args.duration, "results": results, **extra}
+    (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out / 'results.json'}")
 
     print()
     print(f"{'workload':18} {'clients':>7} {'aspen/s':>10} {'etcd/s':>10} {'ratio':>6} {'aspen p99':>10} {'etcd p99':>9}")
@@ -281,11 +294,10 @@ def main():
     redb = next(r for r in results if r["system"] == "aspen" and r["workload"] == "writes" and r["clients"] == storage_clients)
     memory = extra["aspen_memory_writes"]["throughput_per_sec"]
     fsyncs = redb.get("fsyncs_per_write")
+    ratio = f"{redb['throughput_per_sec'] / memory:.2f}" if memory else "n/a"
+    fsyncs = f"{fsyncs:.3f}" if fsyncs is not None else "n/a"
     print(f"\naspen writes at {storage_clients} clients: redb {redb['throughput_per_sec']:.0f}/s, memory {memory:.0f}/s "
-          f"(ratio {redb['throughput_per_sec'] / memory:.2f}); fsyncs per write on the leader: {fsyncs:.3f}")
-    out = {"machine": {"cpus": os.cpu_count()}, "duration_secs": args.duration, "results": results, **extra}
-    (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out / 'results.json'}")
+          f"(ratio {ratio}); fsyncs per write on the leader: {fsyncs}")
     chart(results, args.out)
 
 

@@ -64,6 +64,9 @@ pub struct LocalCluster {
     name: String,
     replicas: u32,
     operator: Option<Child>,
+    /// Process group of every run: nodes live in their run's group and may
+    /// outlive its local mode.
+    groups: Vec<Pid>,
     /// Runs of local mode so far; each logs to its own file.
     runs: u32,
 }
@@ -80,6 +83,7 @@ impl LocalCluster {
             name: name.to_owned(),
             replicas,
             operator: None,
+            groups: Vec::new(),
             runs: 0,
         };
         cluster.write_manifest();
@@ -128,6 +132,7 @@ impl LocalCluster {
             .process_group(0)
             .spawn()
             .expect("aspen-operator starts");
+        self.groups.push(Pid::from_child(&child));
         self.operator = Some(child);
     }
 
@@ -248,7 +253,7 @@ impl LocalCluster {
                     .collect()
             })
             .unwrap_or_default();
-        self.kill_group();
+        self.kill_groups();
         for address in ports {
             let what = format!("{address} to close after SIGKILL");
             wait::until(&what, Duration::from_secs(10), || {
@@ -284,10 +289,14 @@ impl LocalCluster {
         }
     }
 
-    fn kill_group(&mut self) {
+    /// SIGKILL to every run's process group, local mode and nodes alike,
+    /// whether or not its local mode already exited.
+    fn kill_groups(&mut self) {
+        for group in self.groups.drain(..) {
+            // Fails with ESRCH once the group is empty.
+            let _ = kill_process_group(group, Signal::KILL);
+        }
         if let Some(mut child) = self.operator.take() {
-            // The group outlives its leader while nodes are in it.
-            let _ = kill_process_group(Pid::from_child(&child), Signal::KILL);
             let _ = child.wait();
         }
     }
@@ -312,7 +321,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        self.kill_group();
+        self.kill_groups();
         if std::thread::panicking() {
             self.dump_logs();
         }

@@ -266,6 +266,9 @@ async fn killing_local_mode_and_every_node_then_restarting_resumes_the_cluster()
         "the same log, in its term or a later one"
     );
     assert!(now.last_log_index >= old.last_log_index);
+    // The first run logged the initialisation; the second never plans one.
+    let first = cluster.operator_output(1);
+    assert!(first.contains("initialize the cluster"), "{first}");
     let output = cluster.operator_output(2);
     assert!(
         !output.contains("initialize the cluster"),
