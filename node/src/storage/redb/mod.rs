@@ -512,7 +512,8 @@ impl KvReader for RedbStore {
         let start = scan_start(prefix, start_after);
         let (pending, txn) = {
             let overlay = self.overlay();
-            (overlay.changes_from(start, prefix), self.begin_read()?)
+            let pending = overlay.changes_from(start, prefix, limit as usize);
+            (pending, self.begin_read()?)
         };
         let table = txn
             .open_table(schema::SM_DATA)

@@ -82,13 +82,30 @@ impl Overlay {
         }
     }
 
-    /// Changes at or after `start` whose key starts with `prefix`, in order.
-    pub fn changes_from(&self, start: &str, prefix: &str) -> Vec<(String, Option<Vec<u8>>)> {
-        self.changes
+    /// Changes at or after `start` whose key starts with `prefix`, in order,
+    /// as many as a scan of `limit` items can use: up to `limit + 1` values
+    /// (one may be the cursor's key) and the deletions among them. A scan
+    /// fills up before it reaches the changes after those.
+    pub fn changes_from(
+        &self,
+        start: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut values = 0;
+        let mut changes = Vec::new();
+        for (key, record) in self
+            .changes
             .range::<str, _>((Bound::Included(start), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        {
+            if values > limit {
+                break;
+            }
+            values += usize::from(record.is_some());
+            changes.push((key.clone(), record.clone()));
+        }
+        changes
     }
 
     /// Takes a batch's changes and metadata; they become visible at once.
@@ -161,6 +178,25 @@ impl LayeredKv<'_> {
                 .map(|guard| guard.value().to_vec())),
         }
     }
+
+    /// The stored footprint of `key`'s current record, without copying it:
+    /// what a put or delete gives back to the size accounting.
+    fn footprint(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let len = if let Some(staged) = self.staged.changes.get(key) {
+            staged.as_ref().map(Vec::len)
+        } else {
+            match self.overlay.lookup(key) {
+                Found::Value(record) => Some(record.len()),
+                Found::Deleted => None,
+                Found::NotHere => self
+                    .table
+                    .get(key)
+                    .map_err(|e| self.store.error("read sm_data", e))?
+                    .map(|guard| guard.value().len()),
+            }
+        };
+        Ok(len.map(|len| codec::stored_footprint((key.len() + len) as u64)))
+    }
 }
 
 impl KvTable for LayeredKv<'_> {
@@ -173,8 +209,8 @@ impl KvTable for LayeredKv<'_> {
     }
 
     fn put(&mut self, key: &str, revision: u64, value: &str) -> Result<(), StoreError> {
-        if let Some(old) = self.record(key)? {
-            self.staged.data_bytes -= record_footprint(key, &old);
+        if let Some(old) = self.footprint(key)? {
+            self.staged.data_bytes -= old;
         }
         let record = codec::encode_value(revision, value);
         self.staged.data_bytes += record_footprint(key, &record);
@@ -183,10 +219,10 @@ impl KvTable for LayeredKv<'_> {
     }
 
     fn delete(&mut self, key: &str) -> Result<bool, StoreError> {
-        let Some(old) = self.record(key)? else {
+        let Some(old) = self.footprint(key)? else {
             return Ok(false);
         };
-        self.staged.data_bytes -= record_footprint(key, &old);
+        self.staged.data_bytes -= old;
         self.staged.changes.insert(key.to_owned(), None);
         Ok(true)
     }
